@@ -1,0 +1,56 @@
+# The table of contents: `make help` lists every target.
+PYTHON   ?= python3
+# torch is installed only when none is present: `pip install torch==2.13.0` takes a CPU build where
+# one lies on local disk and the normal PyPI build elsewhere. TORCH= picks another.
+TORCH    ?= torch==2.13.0
+CONFIG   ?= configs/multi30k.yaml
+RUN      ?= runs/$(basename $(notdir $(CONFIG)))
+DATA     ?=
+ARGS     ?=
+NPROC    ?= 1
+CKPT     ?=
+SPLIT    ?= test_2016_flickr
+SENTENCE ?=
+PORT     ?= 6006
+export SENTENCE
+
+LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
+CHECKPOINT = --run $(RUN) $(if $(CKPT),--ckpt $(CKPT))
+
+.PHONY: help install test train translate evaluate average tensorboard summary bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) DATA=<corpus folder> ARGS=\"train.max_steps=100 ...\" NPROC=$(NPROC) CKPT= SPLIT=$(SPLIT)"
+
+install:  ## install the package and its dependencies (keeps an existing torch)
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## run the test suite (CPU, a few minutes)
+	$(PYTHON) -m pytest -q tests
+
+train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP under torchrun
+	$(LAUNCH) -m scripts.train --config $(CONFIG) --run $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one)
+	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(SENTENCE),--sentence "$$SENTENCE")
+
+evaluate:  ## BLEU and chrF of RUN on SPLIT (default test_2016_flickr)
+	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) --split $(SPLIT) $(if $(DATA),--data $(DATA))
+
+average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1)
+	$(PYTHON) -m scripts.average --run $(RUN)
+
+tensorboard:  ## serve the TensorBoard logs under runs/
+	$(PYTHON) -m tensorboard.main --logdir runs --port $(PORT)
+
+summary:  ## parameters, FLOPs per token and the paper ledger of CONFIG
+	$(PYTHON) -m scripts.summary --config $(CONFIG) $(ARGS)
+
+bench:  ## training and decoding speed, data preparation time (under 10 minutes)
+	$(PYTHON) -m scripts.benchmark $(ARGS)
+
+clean:  ## remove caches (runs/ is kept)
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,128 @@
+"""Properties of the model that the paper states: causality, padding invariance, the formulas."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scripts.summary import summarize
+from transformer.config import ModelConfig, load_config
+from transformer.model import MultiHeadAttention, Transformer, sinusoids
+
+V = 50
+
+
+def small_model(**overrides) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, **overrides)
+    return Transformer(config, V).eval()
+
+
+def random_batch(B=3, S=7, T=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, V, (B, S), generator=g)
+    tgt = torch.randint(4, V, (B, T), generator=g)
+    return src, torch.zeros(B, S, dtype=torch.bool), tgt
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_decoder_is_causal(norm):
+    model = small_model(norm=norm)
+    src, src_pad, tgt = random_batch()
+    logits = model(src, src_pad, tgt)
+    for t in range(tgt.size(1) - 1):
+        changed = tgt.clone()
+        changed[:, t + 1 :] = torch.randint(4, V, changed[:, t + 1 :].shape)
+        other = model(src, src_pad, changed)
+        torch.testing.assert_close(other[:, : t + 1], logits[:, : t + 1], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(other[:, t + 1 :], logits[:, t + 1 :])
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_source_padding_changes_nothing(norm):
+    model = small_model(norm=norm)
+    src, src_pad, tgt = random_batch()
+    logits = model(src, src_pad, tgt)
+    padded = torch.cat([src, torch.zeros(src.size(0), 5, dtype=src.dtype)], dim=1)
+    pad_mask = torch.cat([src_pad, torch.ones(src.size(0), 5, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(model(padded, pad_mask, tgt), logits, atol=1e-5, rtol=1e-5)
+    # and the mask matters: unmasked padding tokens do change the output
+    assert not torch.allclose(model(padded, torch.zeros_like(pad_mask), tgt), logits, atol=1e-4)
+
+
+def test_multi_head_attention_equals_the_formula():
+    torch.manual_seed(0)
+    B, Tq, Tk, D, H = 2, 5, 7, 24, 3
+    attn = MultiHeadAttention(D, H, dropout=0.0)
+    x, kv = torch.randn(B, Tq, D), torch.randn(B, Tk, D)
+    mask = torch.ones(B, 1, 1, Tk, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    dk = D // H
+    heads = []
+    for i in range(H):  # head_i = softmax(Q W_i^Q (K W_i^K)^T / sqrt(dk)) V W_i^V
+        rows = slice(i * dk, (i + 1) * dk)
+        q = x @ attn.w_q.weight[rows].T
+        k = kv @ attn.w_k.weight[rows].T
+        v = kv @ attn.w_v.weight[rows].T
+        scores = q @ k.transpose(1, 2) / math.sqrt(dk)
+        scores = scores.masked_fill(~mask[:, 0], float("-inf"))
+        heads.append(torch.softmax(scores, dim=-1) @ v)
+    expected = torch.cat(heads, dim=-1) @ attn.w_o.weight.T  # Concat(head_1..head_H) W^O
+    torch.testing.assert_close(attn(x, kv, mask), expected, atol=1e-5, rtol=1e-5)
+    attn.keep_weights = True  # the explicit path used for heatmaps agrees too
+    torch.testing.assert_close(attn(x, kv, mask), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn.weights.sum(-1), torch.ones(B, H, Tq))
+
+
+def test_positional_encoding_is_the_paper_formula():
+    P, D = 60, 16
+    pe = sinusoids(P, D)
+    for pos in range(P):
+        for i in range(D // 2):
+            angle = pos / 10000 ** (2 * i / D)
+            assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_embeddings_and_pre_softmax_share_one_parameter():
+    model = small_model()
+    assert model.src_embedding.weight is model.embedding.weight
+    shared = [p for p in model.parameters() if p is model.embedding.weight]
+    assert len(shared) == 1
+    src, src_pad, tgt = random_batch()
+    model(src, src_pad, tgt).logsumexp(-1).sum().backward()
+    unseen = sorted(set(range(1, V)) - set(src.flatten().tolist()) - set(tgt.flatten().tolist()))
+    # rows of tokens absent from the input still get gradient: the pre-softmax layer is this matrix
+    assert model.embedding.weight.grad[unseen].abs().sum(-1).min() > 0
+    separate = small_model(share_embeddings=False)
+    assert separate.src_embedding.weight is not separate.embedding.weight
+
+
+def test_embeddings_are_scaled_by_sqrt_d_model():
+    model = small_model(dropout=0.0)
+    tokens = torch.tensor([[5, 6, 7]])
+    expected = model.embedding.weight[tokens] * math.sqrt(32) + sinusoids(3, 32)
+    torch.testing.assert_close(model.embed(tokens, model.embedding), expected)
+
+
+def test_cached_decoding_equals_full_decoding():
+    model = small_model()
+    src, src_pad, tgt = random_batch()
+    src_pad[0, -2:] = True
+    memory = model.encode(src, src_pad)
+    full = model.decode(tgt, memory, src_pad)
+    cache = model.new_cache()
+    steps = [model.decode(tgt[:, t : t + 1], memory, src_pad, cache) for t in range(tgt.size(1))]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_too_long_input_is_a_clear_error():
+    model = small_model(max_positions=8)
+    src, src_pad, tgt = random_batch(S=9)
+    with pytest.raises(ValueError, match="max_positions"):
+        model.encode(src, src_pad)
+
+
+@pytest.mark.parametrize("path, low, high", [("configs/base.yaml", 62e6, 66e6), ("configs/big.yaml", 208e6, 218e6)])
+def test_paper_model_sizes(path, low, high):
+    assert low <= summarize(load_config(path), 32)["parameters"] <= high

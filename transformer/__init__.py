@@ -1,0 +1,1 @@
+"""A faithful, readable implementation of "Attention Is All You Need" (Vaswani et al., 2017)."""

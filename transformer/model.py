@@ -1,0 +1,289 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), in paper order.
+
+Shape legend: B batch, S source length, T target length, D d_model, H heads, dk = D / H, V vocab,
+F d_ff. Masks say what True means: `src_pad` is True at padding positions.
+
+Paper ledger (repeated in the README):
+
+| paper                                          | here                                   | status    |
+|------------------------------------------------|----------------------------------------|-----------|
+| Scaled dot-product attention (3.2.1)           | MultiHeadAttention, via SDPA           | faithful  |
+| Multi-head attention, no biases in W^Q,K,V,O   | MultiHeadAttention                     | faithful  |
+| Position-wise FFN, ReLU (3.3)                  | FeedForward                            | faithful  |
+| Post-norm LayerNorm(x + Dropout(Sublayer(x)))  | Residual, `model.norm=post`            | faithful; pre-norm is an option |
+| LayerNorm epsilon                              | `model.layer_norm_eps` = 1e-6          | not given in the paper |
+| Encoder / decoder stacks, N = 6 (3.1)          | EncoderLayer, DecoderLayer             | faithful  |
+| Decoder masking of future positions (3.2.3)    | `is_causal=True` in self-attention     | faithful  |
+| Shared embeddings + pre-softmax weights (3.4)  | Transformer.embedding                  | faithful; `model.share_embeddings=false` splits source from target |
+| Embeddings scaled by sqrt(D) (3.4)             | Transformer.embed                      | faithful  |
+| Sinusoidal positional encoding (3.5)           | sinusoids()                            | faithful; table of `model.max_positions` rows |
+| Dropout on embedding + PE sums, sublayers (5.4)| Transformer.embed, Residual            | faithful; attention / ReLU dropout optional, 0 by default |
+| Weight initialization                          | Xavier uniform; embeddings N(0, D^-0.5)| not given in the paper |
+| Label smoothing 0.1 (5.4)                      | transformer/loss.py                    | faithful  |
+| Adam 0.9 / 0.98 / 1e-9, warmup schedule (5.3)  | transformer/optim.py                   | faithful; `train.lr_factor` scales it |
+| ~25k source + 25k target tokens a batch (5.1)  | transformer/batching.py                | token budget per device x accumulation |
+| Beam 4, length penalty 0.6, max len +50 (6.1)  | transformer/search.py                  | GNMT penalty ((5+len)/6)^alpha |
+| Average the last 5 checkpoints (6.1)           | transformer/checkpoint.py              | by step count, not 10-minute intervals |
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+
+def sinusoids(n_positions: int, d_model: int) -> Tensor:
+    """Sec. 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D))."""
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (D/2,)
+    angle = position / 10000 ** (two_i / d_model)  # (P, D/2)
+    pe = torch.zeros(n_positions, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return pe.float()
+
+
+@dataclass
+class LayerCache:
+    """Keys and values one decoder layer has already computed during incremental decoding."""
+
+    self_k: Tensor | None = None  # (B, H, t, dk): grows by one position per step
+    self_v: Tensor | None = None
+    memory_k: Tensor | None = None  # (B, H, S, dk): the encoder output, projected once
+    memory_v: Tensor | None = None
+
+
+class DecoderCache(list):
+    """One LayerCache per decoder layer, plus the number of target positions already decoded."""
+
+    def __init__(self, n_layers: int):
+        super().__init__(LayerCache() for _ in range(n_layers))
+        self.length = 0
+
+    def select(self, index: Tensor) -> None:
+        """Keep rows `index` of every cached tensor (beam search reorders hypotheses)."""
+        for layer in self:
+            for name in ("self_k", "self_v", "memory_k", "memory_v"):
+                tensor = getattr(layer, name)
+                if tensor is not None:
+                    setattr(layer, name, tensor.index_select(0, index))
+
+
+class MultiHeadAttention(nn.Module):
+    """Sec. 3.2.2: MultiHead(Q, K, V) = Concat(head_1..head_H) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(dk)) V (Sec. 3.2.1) is computed by
+    `F.scaled_dot_product_attention`, or explicitly when `keep_weights` is set (for heatmaps).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads, self.dropout = n_heads, dropout
+        self.w_q = nn.Linear(d_model, d_model, bias=False)
+        self.w_k = nn.Linear(d_model, d_model, bias=False)
+        self.w_v = nn.Linear(d_model, d_model, bias=False)
+        self.w_o = nn.Linear(d_model, d_model, bias=False)
+        self.keep_weights = False
+        self.weights: Tensor | None = None  # (B, H, Tq, Tk) when keep_weights
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        B, L, D = x.shape
+        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, L, dk)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        """q (B, H, Tq, dk), k and v (B, H, Tk, dk), mask (B, 1, 1, Tk) with True = may attend."""
+        p = self.dropout if self.training else 0.0
+        if self.keep_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+            if causal:
+                future = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).triu(1)
+                scores = scores.masked_fill(future, float("-inf"))
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            self.weights = scores.softmax(-1)
+            return F.dropout(self.weights, p, self.training) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+
+    def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """x (B, Tq, D) attends over kv (B, Tk, D)."""
+        q, k, v = self.split_heads(self.w_q(x)), self.split_heads(self.w_k(kv)), self.split_heads(self.w_v(kv))
+        return self.merge(self.attend(q, k, v, mask, causal))
+
+    def merge(self, heads: Tensor) -> Tensor:
+        B, H, L, dk = heads.shape
+        return self.w_o(heads.transpose(1, 2).reshape(B, L, H * dk))  # (B, L, D)
+
+
+class FeedForward(nn.Module):
+    """Sec. 3.3: FFN(x) = max(0, x W_1 + b_1) W_2 + b_2."""
+
+    def __init__(self, d_model: int, d_ff: int, relu_dropout: float):
+        super().__init__()
+        self.w_1, self.w_2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(relu_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_2(self.dropout(F.relu(self.w_1(x))))
+
+
+class Residual(nn.Module):
+    """Sec. 3.1 / 5.4: LayerNorm(x + Dropout(Sublayer(x))); pre-norm: x + Dropout(Sublayer(LayerNorm(x)))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pre_norm = config.norm == "pre"
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, sublayer) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Sec. 3.1: multi-head self-attention, then the position-wise FFN, each in a residual block."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, config.attention_dropout)
+        self.ffn = FeedForward(config.d_model, config.d_ff, config.relu_dropout)
+        self.res_attn, self.res_ffn = Residual(config), Residual(config)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        x = self.res_attn(x, lambda h: self.self_attn(h, h, src_mask))  # (B, S, D)
+        return self.res_ffn(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    """Sec. 3.1: masked self-attention, attention over the encoder output, FFN; each in a residual block."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, config.attention_dropout)
+        self.cross_attn = MultiHeadAttention(config.d_model, config.n_heads, config.attention_dropout)
+        self.ffn = FeedForward(config.d_model, config.d_ff, config.relu_dropout)
+        self.res_self, self.res_cross, self.res_ffn = Residual(config), Residual(config), Residual(config)
+
+    def self_attention(self, h: Tensor, cache: LayerCache | None) -> Tensor:
+        attn = self.self_attn
+        if cache is None:
+            return attn(h, h, causal=True)
+        # Incremental decoding: the new positions attend to every cached position and to themselves.
+        q, k, v = attn.split_heads(attn.w_q(h)), attn.split_heads(attn.w_k(h)), attn.split_heads(attn.w_v(h))
+        if cache.self_k is not None:
+            k, v = torch.cat([cache.self_k, k], dim=2), torch.cat([cache.self_v, v], dim=2)  # (B, H, t, dk)
+        cache.self_k, cache.self_v = k, v
+        causal = q.size(2) > 1  # one new position may see everything before it
+        if causal and k.size(2) != q.size(2):
+            raise ValueError("a cached decoder step must add one position at a time after the first")
+        return attn.merge(attn.attend(q, k, v, None, causal))
+
+    def cross_attention(self, h: Tensor, memory: Tensor, src_mask: Tensor, cache: LayerCache | None) -> Tensor:
+        attn = self.cross_attn
+        if cache is None:
+            return attn(h, memory, src_mask)
+        if cache.memory_k is None:  # projected once per sentence, not once per step
+            cache.memory_k, cache.memory_v = attn.split_heads(attn.w_k(memory)), attn.split_heads(attn.w_v(memory))
+        q = attn.split_heads(attn.w_q(h))
+        return attn.merge(attn.attend(q, cache.memory_k, cache.memory_v, src_mask, False))
+
+    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, cache: LayerCache | None = None) -> Tensor:
+        y = self.res_self(y, lambda h: self.self_attention(h, cache))  # (B, T, D)
+        y = self.res_cross(y, lambda h: self.cross_attention(h, memory, src_mask, cache))
+        return self.res_ffn(y, self.ffn)
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder model of Sec. 3 (Figure 1). Returns logits; the loss lives in training."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int = 0):
+        super().__init__()
+        self.config, self.vocab_size, self.pad_id = config, vocab_size, pad_id
+        D = config.d_model
+        # Sec. 3.4: one matrix for both embeddings and the pre-softmax linear transformation.
+        self.embedding = nn.Embedding(vocab_size, D, padding_idx=pad_id)
+        self.src_embedding = self.embedding if config.share_embeddings else nn.Embedding(vocab_size, D, padding_idx=pad_id)
+        self.register_buffer("pe", sinusoids(config.max_positions, D), persistent=False)  # (P, D)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        pre = config.norm == "pre"  # pre-norm stacks need a final LayerNorm; post-norm ends in one
+        self.encoder_norm = nn.LayerNorm(D, eps=config.layer_norm_eps) if pre else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(D, eps=config.layer_norm_eps) if pre else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embedding" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        for emb in {self.embedding, self.src_embedding}:
+            nn.init.normal_(emb.weight, mean=0.0, std=self.config.d_model**-0.5)
+            with torch.no_grad():
+                emb.weight[self.pad_id].zero_()
+
+    def embed(self, tokens: Tensor, embedding: nn.Embedding, offset: int = 0) -> Tensor:
+        """Sec. 3.4-3.5: Dropout(Embedding(x) * sqrt(D) + PE). tokens (B, L) -> (B, L, D)."""
+        L = tokens.size(1)
+        if offset + L > self.pe.size(0):
+            raise ValueError(f"sequence of {offset + L} tokens exceeds model.max_positions={self.pe.size(0)}")
+        x = embedding(tokens) * math.sqrt(self.config.d_model) + self.pe[offset : offset + L]
+        return self.dropout(x)
+
+    @staticmethod
+    def attention_mask(src_pad: Tensor) -> Tensor:
+        """The one place masks change meaning: src_pad (B, S), True = padding -> (B, 1, 1, S), True = attend."""
+        return ~src_pad[:, None, None, :]
+
+    def encode(self, src: Tensor, src_pad: Tensor) -> Tensor:
+        """src (B, S) token ids, src_pad (B, S) -> memory (B, S, D)."""
+        x, mask = self.embed(src, self.src_embedding), self.attention_mask(src_pad)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.encoder_norm(x)
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_pad: Tensor, cache: DecoderCache | None = None) -> Tensor:
+        """tgt_in (B, T) -> logits (B, T, V). With a cache, tgt_in holds only the new positions."""
+        offset = cache.length if cache is not None else 0
+        y, mask = self.embed(tgt_in, self.embedding, offset), self.attention_mask(src_pad)
+        for i, layer in enumerate(self.decoder):
+            y = layer(y, memory, mask, cache[i] if cache is not None else None)
+        if cache is not None:
+            cache.length += tgt_in.size(1)
+        return F.linear(self.decoder_norm(y), self.embedding.weight)  # (B, T, V)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache(len(self.decoder))
+
+    def forward(self, src: Tensor, src_pad: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for targets tgt_in (B, T) given sources src (B, S)."""
+        return self.decode(tgt_in, self.encode(src, src_pad), src_pad)
+
+    def keep_attention_weights(self, keep: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.keep_weights, module.weights = keep, None
+
+
+def forward_flops(config: ModelConfig, vocab_size: int, S: int, T: int) -> int:
+    """Matmul FLOPs of one forward pass over a sentence pair of S source and T target tokens.
+
+    Training costs about 3x this (backward = 2x forward). Attention scores count the full T x T
+    square (SDPA with a causal mask may skip part of it); embeddings lookups are free.
+    """
+    D, F_, Ne, Nd = config.d_model, config.d_ff, config.encoder_layers, config.decoder_layers
+    encoder = Ne * (S * (2 * 4 * D * D + 2 * 2 * D * F_) + 2 * 2 * S * S * D)
+    decoder = Nd * (
+        T * (2 * 4 * D * D + 2 * 2 * D * D + 2 * 2 * D * F_)  # self-attn QKVO, cross-attn QO, FFN
+        + S * 2 * 2 * D * D  # cross-attn K, V over the memory
+        + 2 * 2 * T * T * D + 2 * 2 * T * S * D  # attention scores and weighted sums
+    )
+    return encoder + decoder + T * 2 * D * vocab_size  # + pre-softmax projection
