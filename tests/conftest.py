@@ -1,0 +1,33 @@
+import logging
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+@pytest.fixture(scope="session")
+def multi30k() -> Path:
+    if not (MULTI30K / "train.de.gz").is_file():
+        pytest.skip(f"Multi30k not found at {MULTI30K}")
+    return MULTI30K
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _info_logs(caplog):
+    caplog.set_level(logging.INFO)
+
+
+def write_corpus(folder: Path, pairs: dict[str, list[tuple[str, str]]], src="de", tgt="en") -> Path:
+    """Write a tiny aligned corpus {split}.{lang} into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in pairs.items():
+        (folder / f"{split}.{src}").write_text("".join(s + "\n" for s, _ in rows))
+        (folder / f"{split}.{tgt}").write_text("".join(t + "\n" for _, t in rows))
+    return folder

@@ -1,0 +1,162 @@
+"""Corpus loading, the joint BPE vocabulary and token-budget batches."""
+import json
+import time
+
+import pytest
+
+from tests.conftest import write_corpus
+from transformer import data as data_module
+from transformer.batching import collate, make_batches, shard
+from transformer.config import load_config
+from transformer.data import DataError, prepare, read_split
+from transformer.tokenizer import BOS, EOS, PAD, Tokenizer
+
+
+@pytest.fixture(scope="module")
+def prepared(multi30k, cache_dir):
+    return prepare(load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]), cache_dir)
+
+
+def test_multi30k_line_counts(multi30k):
+    cfg = load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]).data
+    counts = [len(read_split(cfg, split)) for split in ("train", "val", "test_2016_flickr")]
+    assert counts == [29000, 1014, 1000]
+
+
+def test_other_language_pairs_by_config(multi30k):
+    cfg = load_config("configs/multi30k.yaml", [f"data.path={multi30k}", "data.src_lang=en", "data.tgt_lang=fr"]).data
+    split = read_split(cfg, "val")
+    assert split.src_text[0].startswith("A ") and len(split) == 1014
+
+
+def test_tokenizer_round_trips_validation_and_test_exactly(prepared, multi30k):
+    cfg = load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]).data
+    tok = prepared.tokenizer
+    for split in ("val", "test_2016_flickr"):
+        text = read_split(cfg, split)
+        for line in text.src_text + text.tgt_text:
+            assert tok.decode(tok.encode(line)) == line
+
+
+def test_unseen_characters_survive(prepared):
+    tok = prepared.tokenizer
+    for line in ["Ein Hund 🐕 läuft.", "一只狗在跑", "Ω≈ç√∫ ﷽", "tab\tand  double  spaces"]:
+        ids = tok.encode(line)
+        assert tok.decode(ids) == line
+        assert 3 not in ids  # never <unk>
+
+
+def test_special_ids_are_fixed(prepared):
+    tok = prepared.tokenizer
+    assert [tok.hf.token_to_id(t) for t in ["<pad>", "<s>", "</s>", "<unk>"]] == [PAD, BOS, EOS, 3]
+    assert Tokenizer.from_str(tok.to_str()).encode("Ein Mann.") == tok.encode("Ein Mann.")
+    assert tok.decode(tok.encode("Ein Mann.") + [EOS] + tok.encode("Hund")) == "Ein Mann."
+
+
+def test_prepare_is_cached(multi30k, cache_dir, prepared):
+    start = time.perf_counter()
+    again = prepare(load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]), cache_dir)
+    assert time.perf_counter() - start < 10  # generous; the benchmark reports the real figure
+    assert again.tokenizer.to_str() == prepared.tokenizer.to_str()
+    assert again.train.src == prepared.train.src and again.valid.tgt_text == prepared.valid.tgt_text
+
+
+def test_batches_respect_the_token_budget_and_cover_the_data(prepared):
+    src = [len(s) for s in prepared.train.src]
+    tgt = [len(t) for t in prepared.train.tgt]
+    batches = make_batches(src, tgt, 4096, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(src)))
+    real = padded = 0
+    for b in batches[:200]:
+        batch = collate([prepared.train.src[i] for i in b], [prepared.train.tgt[i] for i in b], b)
+        assert batch.src.numel() <= 4096 and batch.tgt_in.numel() <= 4096
+        real += batch.src_tokens + batch.tgt_tokens
+        padded += batch.src.numel() + batch.tgt_in.numel()
+    assert 1 - real / padded <= 0.10
+
+
+def test_same_seed_same_batches():
+    src = [(i * 7) % 23 + 1 for i in range(500)]
+    tgt = [(i * 5) % 19 + 1 for i in range(500)]
+    assert make_batches(src, tgt, 200, seed=1) == make_batches(src, tgt, 200, seed=1)
+    assert make_batches(src, tgt, 200, seed=1) != make_batches(src, tgt, 200, seed=2)
+
+
+def test_target_shift():
+    batch = collate([[5, 6], [7]], [[8, 9, 10], [11]], [0, 1])
+    assert batch.tgt_in.tolist() == [[BOS, 8, 9, 10], [BOS, 11, PAD, PAD]]
+    assert batch.tgt_out.tolist() == [[8, 9, 10, EOS], [11, EOS, PAD, PAD]]
+    assert batch.src.tolist() == [[5, 6, EOS], [7, EOS, PAD]]
+    assert batch.src_pad.tolist() == [[False, False, False], [False, False, True]]
+    assert (batch.src_tokens, batch.tgt_tokens) == (5, 6)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_rank_shards_are_disjoint_cover_the_data_and_have_equal_steps(world):
+    src = [(i * 7) % 23 + 1 for i in range(301)]
+    batches = shard(make_batches(src, src, 150, seed=0), world)
+    shards = [batches[r::world] for r in range(world)]
+    assert len({len(s) for s in shards}) == 1
+    seen = [i for s in shards for b in s for i in b]
+    assert sorted(seen) == list(range(301))
+
+
+def test_misaligned_corpus_names_both_files(tmp_path):
+    folder = write_corpus(tmp_path / "c", {"train": [("a", "b"), ("c", "d")]})
+    (folder / "train.en").write_text("only one line\n")
+    cfg = load_config(None, [f"data.path={folder}"]).data
+    with pytest.raises(DataError) as error:
+        read_split(cfg, "train")
+    message = str(error.value)
+    assert "train.de" in message and "train.en" in message and "2" in message and "1" in message
+
+
+def test_missing_folder_names_it_and_the_fix(tmp_path):
+    cfg = load_config(None, [f"data.path={tmp_path / 'nowhere'}"]).data
+    with pytest.raises(DataError, match="nowhere"):
+        read_split(cfg, "train")
+
+
+def test_no_local_data_and_no_hub_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    cfg = load_config(None, [f"data.local_dirs={tmp_path / 'a'},{tmp_path / 'b'}"]).data
+    start = time.perf_counter()
+    with pytest.raises(DataError) as error:
+        read_split(cfg, "train")
+    assert time.perf_counter() - start < 5
+    assert str(tmp_path / "a") in str(error.value) and "DATA=" in str(error.value)
+
+
+def test_hub_probe_is_bounded_in_time(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(data_module.socket, "create_connection", lambda *a, **k: time.sleep(30))
+    start = time.perf_counter()
+    assert not data_module.hub_reachable(timeout=0.5)
+    assert time.perf_counter() - start < 2
+
+
+def test_empty_lines_are_dropped_and_counted(tmp_path, caplog):
+    folder = write_corpus(tmp_path / "c", {"train": [("a b", "c d"), ("", "x"), ("y", " "), ("e", "f")]})
+    split = read_split(load_config(None, [f"data.path={folder}"]).data, "train")
+    assert split.src_text == ["a b", "e"] and split.tgt_text == ["c d", "f"]
+    assert "dropped 2 pairs" in caplog.text
+
+
+def test_jsonl_and_tsv_corpora(tmp_path):
+    rows = [{"de": "ein Hund", "en": "a dog"}, {"de": "eine Katze", "en": "a cat"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "val.tsv").write_text("en\tde\na dog\tein Hund\n")
+    cfg = load_config(None, [f"data.path={tmp_path}"]).data
+    assert read_split(cfg, "train").tgt_text == ["a dog", "a cat"]
+    val = read_split(cfg, "val")
+    assert (val.src_text, val.tgt_text) == (["ein Hund"], ["a dog"])
+
+
+def test_long_pairs_are_filtered_with_a_count(tmp_path, caplog):
+    long = " ".join(["Wort"] * 40)
+    folder = write_corpus(tmp_path / "c", {"train": [("kurz", "short")] * 20 + [(long, "long")], "val": [("a", "b")]})
+    config = load_config(None, [f"data.path={folder}", "data.max_len=16", "tokenizer.vocab_size=300"])
+    prepared = prepare(config, tmp_path / "cache")
+    assert len(prepared.train) == 20
+    assert "longer than data.max_len=16" in caplog.text

@@ -1,0 +1,286 @@
+"""Parallel text in, token ids out: any aligned corpus through HF `datasets`, Multi30k by default.
+
+Sources, tried in this order:
+  1. `data.path` (`make train DATA=...`): a folder holding `{split}.{lang}[.gz]` files (one sentence
+     a line, aligned by line), or `{split}.jsonl` / `{split}.tsv` with one field or column per
+     language;
+  2. the folders in `data.local_dirs` (data/multi30k, ../shared/data/multi30k);
+  3. the hub dataset `data.hub_id` (bentrevett/multi30k), checked for reachability in 3 seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .config import Config, DataConfig, to_plain
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+HUB_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "test_2016_flickr": "test"}
+CACHE_VERSION = 1
+
+
+class DataError(RuntimeError):
+    """The corpus cannot be found or read; the message names the paths and the fix."""
+
+
+@dataclass
+class ParallelText:
+    """One split: raw sentences and, once encoded, their subword ids (no bos / eos)."""
+
+    src_text: list[str]
+    tgt_text: list[str]
+    src: list[list[int]] | None = None
+    tgt: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.src_text)
+
+
+# ---------------------------------------------------------------------------- finding the corpus
+
+def _local_layout(folder: Path, split: str, cfg: DataConfig):
+    """The files of `split` in `folder`, as (format, files), or None when the split is not there."""
+    per_lang = {}
+    for lang in (cfg.src_lang, cfg.tgt_lang):
+        for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
+            if (folder / name).is_file():
+                per_lang[lang] = folder / name
+    if len(per_lang) == 2:
+        return "text", per_lang
+    for suffix, kind in ((".jsonl", "json"), (".json", "json"), (".tsv", "tsv"), (".tsv.gz", "tsv")):
+        if (folder / f"{split}{suffix}").is_file():
+            return kind, {"both": folder / f"{split}{suffix}"}
+    return None
+
+
+def find_corpus(cfg: DataConfig) -> str | Path:
+    """A local folder holding the training split, or the hub id; DataError when neither is usable."""
+    if cfg.path:
+        folder = Path(cfg.path).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"data folder {folder} does not exist; point DATA= (data.path) at a folder with "
+                            f"{cfg.train_split}.{cfg.src_lang}[.gz] and {cfg.train_split}.{cfg.tgt_lang}[.gz]")
+        if _local_layout(folder, cfg.train_split, cfg) is None:
+            raise DataError(f"data folder {folder} has no {cfg.train_split} split for {cfg.src_lang}-{cfg.tgt_lang}: "
+                            f"expected {cfg.train_split}.{cfg.src_lang}[.gz] + {cfg.train_split}.{cfg.tgt_lang}[.gz], "
+                            f"{cfg.train_split}.jsonl or {cfg.train_split}.tsv")
+        return folder
+    tried = []
+    for candidate in cfg.local_dirs:
+        folder = Path(candidate).expanduser()
+        tried.append(str(folder.resolve()))
+        if folder.is_dir() and _local_layout(folder, cfg.train_split, cfg) is not None:
+            return folder
+    if cfg.hub_id and hub_reachable():
+        return cfg.hub_id
+    if cfg.hub_id and _hub_cached(cfg.hub_id):
+        return cfg.hub_id
+    raise DataError(
+        f"no corpus found: tried local folders {', '.join(tried) or '(none)'}"
+        + (f" and the hub dataset {cfg.hub_id} (hub unreachable, not in the local cache)" if cfg.hub_id else "")
+        + ". Fix: make train DATA=/path/to/multi30k (a folder of train.de.gz, train.en.gz, ...)"
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the hub be reached? Bounded to `timeout` seconds (DNS included), so offline runs fail fast."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def _go_offline() -> None:
+    """Make `datasets` use only its local cache (the variable is read at import; set the flags too)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import datasets
+    import huggingface_hub.constants
+
+    datasets.config.HF_HUB_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def _hub_cached(hub_id: str) -> bool:
+    cache = Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
+    return (cache / hub_id.replace("/", "___")).is_dir()
+
+
+# ---------------------------------------------------------------------------- reading a split
+
+def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) -> ParallelText:
+    """Raw sentence pairs of one split, empty pairs dropped (with a count in the log)."""
+    corpus = find_corpus(cfg) if corpus is None else corpus
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    if isinstance(corpus, Path):
+        src, tgt = _read_local(corpus, split, cfg)
+    else:
+        src, tgt = _read_hub(corpus, split, cfg)
+    keep = [i for i, (s, t) in enumerate(zip(src, tgt)) if s.strip() and t.strip()]
+    if len(keep) < len(src):
+        log.info(f"{split}: dropped {len(src) - len(keep)} pairs with an empty side")
+        src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+    return ParallelText(src, tgt)
+
+
+def _read_local(folder: Path, split: str, cfg: DataConfig) -> tuple[list[str], list[str]]:
+    import datasets
+
+    layout = _local_layout(folder, split, cfg)
+    if layout is None:
+        raise DataError(f"split '{split}' not found in {folder} for {cfg.src_lang}-{cfg.tgt_lang}")
+    kind, files = layout
+    if kind == "text":
+        lines = {}
+        for lang, path in files.items():
+            table = datasets.load_dataset("text", data_files={split: str(path)}, split=split, keep_linebreaks=False)
+            lines[lang] = [line.rstrip("\r") for line in table["text"]]
+        src, tgt = lines[cfg.src_lang], lines[cfg.tgt_lang]
+        if len(src) != len(tgt):
+            raise DataError(f"misaligned corpus: {files[cfg.src_lang]} has {len(src)} lines but "
+                            f"{files[cfg.tgt_lang]} has {len(tgt)}; the two sides must match line by line")
+        return src, tgt
+    path = files["both"]
+    if kind == "json":
+        table = datasets.load_dataset("json", data_files={split: str(path)}, split=split)
+    else:
+        table = datasets.load_dataset("csv", data_files={split: str(path)}, split=split, delimiter="\t",
+                                      quoting=3, keep_default_na=False)
+    missing = [lang for lang in (cfg.src_lang, cfg.tgt_lang) if lang not in table.column_names]
+    if missing:
+        raise DataError(f"{path} has fields {table.column_names} but not {missing}; "
+                        f"name one field (jsonl) or header column (tsv) after each language code")
+    return [str(s or "") for s in table[cfg.src_lang]], [str(t or "") for t in table[cfg.tgt_lang]]
+
+
+def _read_hub(hub_id: str, split: str, cfg: DataConfig) -> tuple[list[str], list[str]]:
+    import datasets
+
+    if not hub_reachable():
+        _go_offline()
+    try:
+        splits = datasets.load_dataset(hub_id)
+    except Exception as error:  # network, auth or format: all end the same way for the user
+        raise DataError(f"could not load hub dataset {hub_id}: {error}. "
+                        f"Fix: make train DATA=/path/to/local/corpus") from None
+    name = split if split in splits else HUB_SPLIT_ALIASES.get(split, split)
+    if name not in splits:
+        raise DataError(f"hub dataset {hub_id} has splits {list(splits)}, not '{split}'")
+    table = splits[name]
+    missing = [lang for lang in (cfg.src_lang, cfg.tgt_lang) if lang not in table.column_names]
+    if missing:
+        raise DataError(f"hub dataset {hub_id} has fields {table.column_names}, not {missing}")
+    return list(table[cfg.src_lang]), list(table[cfg.tgt_lang])
+
+
+# ---------------------------------------------------------------------------- tokenize and cache
+
+@dataclass
+class Prepared:
+    tokenizer: Tokenizer
+    train: ParallelText
+    valid: ParallelText
+
+
+def _fingerprint(config: Config, corpus: str | Path) -> str:
+    """Identifies the prepared data: corpus files (name, size, mtime), data and tokenizer settings."""
+    import tokenizers
+
+    if isinstance(corpus, Path):
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in corpus.iterdir() if p.is_file())
+        where = [str(corpus.resolve()), files]
+    else:
+        where = [corpus]
+    data = {k: v for k, v in to_plain(config.data.__dict__).items() if k not in ("path", "local_dirs", "test_split")}
+    key = [CACHE_VERSION, tokenizers.__version__, where, data, to_plain(config.tokenizer.__dict__)]
+    return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TRANSFORMER_CACHE", "runs/.cache"))
+
+
+def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
+    """Load train and validation splits, train (or reuse) the joint BPE, encode, filter long pairs."""
+    start = time.perf_counter()
+    corpus = find_corpus(config.data)
+    cache = Path(cache_dir or default_cache_dir()) / f"data-{_fingerprint(config, corpus)}.pt"
+    if cache.is_file():
+        try:
+            prepared = _load_prepared(cache)
+            log.info(f"data: {len(prepared.train):,} train / {len(prepared.valid):,} valid pairs from cache {cache} "
+                     f"({time.perf_counter() - start:.1f}s)")
+            return prepared
+        except Exception as error:  # a damaged cache is rebuilt, never trusted
+            log.warning(f"data cache {cache} unreadable ({error}); rebuilding it")
+    cfg = config.data
+    log.info(f"data: {corpus} ({cfg.src_lang} -> {cfg.tgt_lang})")
+    train, valid = read_split(cfg, cfg.train_split, corpus), read_split(cfg, cfg.valid_split, corpus)
+    tokenizer = Tokenizer.train(train.src_text + train.tgt_text, config.tokenizer.vocab_size,
+                                config.tokenizer.min_frequency)
+    for split in (train, valid):
+        split.src, split.tgt = tokenizer.encode_batch(split.src_text), tokenizer.encode_batch(split.tgt_text)
+    # Over-long training pairs are dropped; validation keeps every sentence (its BLEU must be complete).
+    keep = [i for i in range(len(train)) if len(train.src[i]) < cfg.max_len and len(train.tgt[i]) < cfg.max_len]
+    if len(keep) < len(train):
+        log.info(f"train: dropped {len(train) - len(keep)} pairs longer than data.max_len={cfg.max_len} tokens")
+        train = ParallelText(*([seq[i] for i in keep] for seq in (train.src_text, train.tgt_text, train.src, train.tgt)))
+    prepared = Prepared(tokenizer, train, valid)
+    _save_prepared(prepared, cache)
+    log.info(f"data: {len(train):,} train / {len(valid):,} valid pairs, vocabulary {tokenizer.vocab_size:,} "
+             f"({time.perf_counter() - start:.1f}s)")
+    return prepared
+
+
+def _pack(ids: list[list[int]]) -> dict:
+    return {"flat": torch.tensor([i for seq in ids for i in seq], dtype=torch.int32),
+            "lengths": torch.tensor([len(seq) for seq in ids], dtype=torch.int32)}
+
+
+def _unpack(packed: dict) -> list[list[int]]:
+    return [chunk.tolist() for chunk in packed["flat"].split(packed["lengths"].tolist())]
+
+
+def _save_prepared(prepared: Prepared, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"tokenizer": prepared.tokenizer.to_str()}
+    for name in ("train", "valid"):
+        split = getattr(prepared, name)
+        state[name] = {"src_text": split.src_text, "tgt_text": split.tgt_text,
+                       "src": _pack(split.src), "tgt": _pack(split.tgt)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_prepared(path: Path) -> Prepared:
+    state = torch.load(path, weights_only=True)
+    splits = [ParallelText(s["src_text"], s["tgt_text"], _unpack(s["src"]), _unpack(s["tgt"]))
+              for s in (state["train"], state["valid"])]
+    return Prepared(Tokenizer.from_str(state["tokenizer"]), *splits)
