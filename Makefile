@@ -15,7 +15,7 @@ PORT     ?= 6006
 export SENTENCE
 
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
-CHECKPOINT = --run $(RUN) $(if $(CKPT),--ckpt $(CKPT))
+CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
 
 .PHONY: help install test train translate evaluate average tensorboard summary bench clean
 
@@ -31,7 +31,7 @@ test:  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q tests
 
 train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP under torchrun
-	$(LAUNCH) -m scripts.train --config $(CONFIG) --run $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(LAUNCH) -m scripts.train --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one)
 	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(SENTENCE),--sentence "$$SENTENCE")
@@ -40,7 +40,7 @@ evaluate:  ## BLEU and chrF of RUN on SPLIT (default test_2016_flickr)
 	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) --split $(SPLIT) $(if $(DATA),--data $(DATA))
 
 average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1)
-	$(PYTHON) -m scripts.average --run $(RUN)
+	$(PYTHON) -m scripts.average --run-dir $(RUN)
 
 tensorboard:  ## serve the TensorBoard logs under runs/
 	$(PYTHON) -m tensorboard.main --logdir runs --port $(PORT)

@@ -31,3 +31,17 @@ def write_corpus(folder: Path, pairs: dict[str, list[tuple[str, str]]], src="de"
         (folder / f"{split}.{src}").write_text("".join(s + "\n" for s, _ in rows))
         (folder / f"{split}.{tgt}").write_text("".join(t + "\n" for _, t in rows))
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, multi30k) -> Path:
+    """The first 600 training and 60 validation pairs of Multi30k, as plain files in a temp folder."""
+    import gzip
+
+    folder = tmp_path_factory.mktemp("small_corpus")
+    for split, n in (("train", 600), ("val", 60), ("test_2016_flickr", 40)):
+        for lang in ("de", "en"):
+            with gzip.open(multi30k / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+                lines = [next(f) for _ in range(n)]
+            (folder / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
+    return folder

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig
 
@@ -108,6 +109,9 @@ class MultiHeadAttention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             self.weights = scores.softmax(-1)
             return F.dropout(self.weights, p, self.training) @ v
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            with sdpa_kernel(SDPBackend.MATH):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
 
     def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:

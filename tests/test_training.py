@@ -1,0 +1,160 @@
+"""The recipe (schedule, loss), checkpoints, resume, signals and data parallelism."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import ROOT
+from transformer import checkpoint
+from transformer.config import load_config
+from transformer.loss import label_smoothed_loss
+from transformer.optim import lr_at
+from transformer.training import train
+
+
+def test_learning_rate_is_the_paper_formula_and_peaks_at_warmup():
+    d_model, warmup = 512, 4000
+    for step in [1, 10, 100, 3999, 4000, 4001, 10000, 100000]:
+        expected = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+        assert lr_at(step, d_model, warmup) == pytest.approx(expected, rel=1e-12)
+    rates = [lr_at(s, d_model, warmup) for s in range(1, 20000)]
+    assert max(range(len(rates)), key=rates.__getitem__) + 1 == warmup
+    assert lr_at(100, 256, 50, factor=2.0) == pytest.approx(2 * lr_at(100, 256, 50))
+
+
+def test_loss_without_smoothing_is_cross_entropy_ignoring_padding():
+    torch.manual_seed(0)
+    logits, target = torch.randn(3, 5, 11), torch.randint(1, 11, (3, 5))
+    target[0, 3:] = 0
+    target[2, 1:] = 0
+    loss, nll = label_smoothed_loss(logits, target, eps=0.0, pad_id=0)
+    expected = F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=0, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, expected)
+
+
+def test_smoothed_loss_matches_a_hand_computed_case():
+    logits = torch.tensor([[[2.0, 0.0, 1.0, -1.0], [0.5, 0.5, 0.5, 0.5]]])  # V = 4
+    target = torch.tensor([[2, 0]])  # the second position is padding
+    eps = 0.1
+    z = [2.0, 0.0, 1.0, -1.0]
+    log_denominator = torch.tensor(z).exp().sum().log().item()
+    logp = [v - log_denominator for v in z]
+    # q = (1 - eps) on the target + eps / V everywhere: loss = -sum_v q_v log p_v
+    expected = -((1 - eps) * logp[2] + eps / 4 * sum(logp))
+    loss, nll = label_smoothed_loss(logits, target, eps=eps, pad_id=0)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert nll.item() == pytest.approx(-logp[2], rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_gradient_equals_autograd_of_cross_entropy(dtype):
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, 50).to(dtype).requires_grad_()
+    target = torch.randint(0, 50, (4, 6))
+    reference = F.cross_entropy(logits.float().view(-1, 50), target.view(-1), ignore_index=0, label_smoothing=0.1,
+                                reduction="sum")
+    (expected,) = torch.autograd.grad(reference, logits)
+    loss, _ = label_smoothed_loss(logits, target, eps=0.1, pad_id=0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad.float(), expected.float(), rtol=1e-2, atol=1e-3 if dtype == torch.bfloat16 else 1e-6)
+
+
+def tiny_config(corpus, *overrides):
+    return load_config("configs/tiny.yaml", [f"data.path={corpus}", "train.log_every=1", "train.valid_bleu=false", "train.max_tokens=3000",
+                                             "train.valid_every=1000", *overrides])
+
+
+def logged_losses(run):
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resume_continues_exactly_as_if_never_stopped(small_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    train(tiny_config(small_corpus, "train.max_steps=12", "train.save_every=100"), tmp_path / "whole")
+    train(tiny_config(small_corpus, "train.max_steps=5"), tmp_path / "split")  # stops, saves step 5
+    train(tiny_config(small_corpus, "train.max_steps=12"), tmp_path / "split")  # resumes at step 6
+    whole, split = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "split")
+    assert sorted(split) == list(range(1, 13))
+    assert [split[s] for s in range(6, 13)] == [whole[s] for s in range(6, 13)]  # identical, not just close
+    state = checkpoint.load(checkpoint.step_checkpoints(tmp_path / "split" / "checkpoints")[-1])
+    assert state["state"]["epoch"] >= 1  # the run crossed an epoch boundary
+
+
+def test_truncated_or_foreign_checkpoints_are_reported_and_skipped(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    for step in (1, 2):
+        checkpoint.save({"model": {"w": torch.full((3,), float(step))}}, folder / f"step_{step:07d}.pt")
+    newest = folder / "step_0000002.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load(newest)
+    path, state = checkpoint.latest_good(folder)
+    assert path.name == "step_0000001.pt" and state["model"]["w"][0] == 1.0
+    assert "step_0000002.pt" in caplog.text
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint of this project"):
+        checkpoint.load(foreign)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(text)
+
+
+def test_averaging_is_the_mean_of_the_parameters(tmp_path):
+    paths = []
+    for step in (1, 2, 3):
+        paths.append(checkpoint.save({"model": {"w": torch.full((2,), float(step)), "n": torch.tensor(step)},
+                                      "state": {"step": step}}, tmp_path / f"step_{step:07d}.pt"))
+    averaged = checkpoint.average(paths)
+    assert averaged["model"]["w"].tolist() == [2.0, 2.0] and averaged["state"]["step"] == 3
+
+
+def _env(tmp_path):
+    return {**os.environ, "TRANSFORMER_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+
+
+def test_sigterm_finishes_the_step_and_leaves_a_loadable_checkpoint(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "scripts.train", "--config", "configs/tiny.yaml", "--run-dir", str(run),
+               "--data", str(small_corpus), "train.max_steps=100000", "train.log_every=1", "train.valid_bleu=false",
+               "train.save_every=100000", "train.save_every_minutes=1000"]
+    process = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    log = run / "train_log.jsonl"
+    deadline = time.time() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "resume with: make train" in err
+    path, state = checkpoint.latest_good(run / "checkpoints")
+    assert state["state"]["step"] >= 3 and "optimizer" in state and "tokenizer" in state
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_corpus, tmp_path):
+    common = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "train.max_steps=4",
+              "train.valid_bleu=false", "model.dropout=0", "train.max_tokens=400"]
+    env = _env(tmp_path)
+    subprocess.run([sys.executable, "-m", "scripts.train", "--run-dir", str(tmp_path / "one"), *common,
+                    "train.accumulate=2"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "scripts.train", "--run-dir", str(tmp_path / "two"), *common, "train.threads=1"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = checkpoint.load(tmp_path / "one" / "checkpoints" / "step_0000004.pt")["model"]
+    two = checkpoint.load(tmp_path / "two" / "checkpoints" / "step_0000004.pt")["model"]
+    start = checkpoint.load(tmp_path / "one" / "checkpoints" / "step_0000004.pt")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
+    assert start["state"]["step"] == 4

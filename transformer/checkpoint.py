@@ -1,0 +1,109 @@
+"""Self-contained checkpoints: written atomically, checked on load, averaged as in Sec. 6.1.
+
+A checkpoint holds the model, optimizer, schedule step, RNG states, data position, the resolved
+config and the tokenizer, so it alone can resume training or translate. Only tensors, plain
+containers and strings go in, so `torch.load(weights_only=True)` reads it.
+
+    runs/<name>/checkpoints/step_0001000.pt ...  the last `train.keep_last` steps
+    runs/<name>/checkpoints/best.pt              best validation BLEU
+    runs/<name>/checkpoints/avg.pt               average of the last steps (make average)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "transformer-nmt checkpoint"
+STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A file that is missing, truncated, or not a checkpoint of this project."""
+
+
+def save(state: dict, path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, flush to disk, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train one first with `make train`")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        if path.stat().st_size == 0 or "zip archive" in str(error) or "central directory" in str(error):
+            raise CheckpointError(f"{path} is truncated or corrupt ({error.__class__.__name__}); "
+                                  f"delete it or pick another checkpoint") from None
+        raise CheckpointError(f"{path} is not a checkpoint of this project ({str(error).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no '{FORMAT}' marker)")
+    return state
+
+
+def step_checkpoints(folder: str | Path) -> list[Path]:
+    """step_*.pt files, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if STEP_FILE.search(p.name)), key=lambda p: int(STEP_FILE.search(p.name)[1]))
+
+
+def latest_good(folder: str | Path, map_location="cpu") -> tuple[Path, dict] | None:
+    """The newest step checkpoint that loads; damaged ones are reported and skipped."""
+    for path in reversed(step_checkpoints(folder)):
+        try:
+            return path, load(path, map_location)
+        except CheckpointError as error:
+            log.warning(f"skipping {error}")
+    return None
+
+
+def prune(folder: str | Path, keep_last: int) -> None:
+    for path in step_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
+        path.unlink(missing_ok=True)
+
+
+def find_for_inference(run: str | Path | None, ckpt: str | Path | None) -> Path:
+    """CKPT= if given, else the run's avg.pt, best.pt, or newest step checkpoint."""
+    if ckpt:
+        return Path(ckpt)
+    folder = Path(run) / "checkpoints"
+    for name in ("avg.pt", "best.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    steps = step_checkpoints(folder)
+    if steps:
+        return steps[-1]
+    raise CheckpointError(f"no checkpoint in {folder}; train one first: make train RUN={run}")
+
+
+def average(paths: list[Path]) -> dict:
+    """Sec. 6.1: the element-wise mean of the models' parameters; the rest comes from the newest."""
+    states = [load(p) for p in paths]
+    newest = states[-1]
+    model = {}
+    for name, tensor in newest["model"].items():
+        if tensor.is_floating_point():
+            model[name] = sum(s["model"][name].double() for s in states).div(len(states)).to(tensor.dtype)
+        else:
+            model[name] = tensor
+    averaged = {k: v for k, v in newest.items() if k not in ("optimizer", "format")}
+    averaged["model"] = model
+    averaged["averaged"] = [p.name for p in paths]
+    return averaged

@@ -1,0 +1,31 @@
+"""BLEU and chrF through sacreBLEU, always on detokenized text.
+
+The primary numbers are sacreBLEU's defaults: cased, detokenized references, its own 13a
+tokenization. Most Multi30k papers instead report BLEU on lower-cased, tokenized text; that number
+is given too and labelled as such, never mixed up with the primary one.
+"""
+from __future__ import annotations
+
+from sacrebleu.metrics import BLEU, CHRF
+
+
+def _check(hyps: list[str], refs: list[str]) -> None:
+    # sacreBLEU does not check this itself, and a shifted line silently ruins the score.
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references: the counts must match")
+
+
+def bleu(hyps: list[str], refs: list[str]) -> float:
+    _check(hyps, refs)
+    return BLEU().corpus_score(hyps, [refs]).score
+
+
+def scores(hyps: list[str], refs: list[str]) -> dict:
+    """BLEU and chrF (cased, detokenized) with signatures, plus lower-cased tokenized BLEU."""
+    _check(hyps, refs)
+    metrics = {"bleu": BLEU(), "chrf": CHRF(), "bleu_lc": BLEU(lowercase=True)}
+    out = {}
+    for name, metric in metrics.items():
+        result = metric.corpus_score(hyps, [refs])
+        out[name] = {"score": round(result.score, 2), "signature": str(metric.get_signature()), "text": str(result)}
+    return out

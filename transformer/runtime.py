@@ -1,0 +1,116 @@
+"""Where and how the model runs: device, precision, threads, seeds, distributed setup. Decided once."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain float32
+    reason: str  # why this precision, printed once
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def precision(self) -> str:
+        return {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[self.autocast_dtype]
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> str:
+        where = f"{self.device}" + (f", rank {self.rank} of {self.world_size}" if self.distributed else "")
+        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        return f"runtime: {where}{threads}, {self.precision} ({self.reason})"
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matrix products run natively (about 2.4x float32 on a Zen 4 core)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    if requested == "float32":
+        return None, "asked for float32"
+    if requested == "bfloat16":
+        return torch.bfloat16, "asked for bfloat16 autocast"
+    if requested == "float16":
+        if device.type != "cuda":
+            raise ValueError("train.precision=float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+        return torch.float16, "asked for float16 autocast with a gradient scaler"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: CUDA device supports bfloat16 (no loss scaling needed)"
+        return torch.float16, "auto: CUDA device without bfloat16, float16 with a gradient scaler"
+    if cpu_has_bf16():
+        return torch.bfloat16, "auto: CPU has native bfloat16 matrix instructions"
+    return None, "auto: CPU without native bfloat16"
+
+
+def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
+    """Join the process group when run under torchrun, pick device, threads and precision, seed."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    seed_everything(cfg.seed + rank)  # ranks draw different dropout masks
+    dtype, reason = choose_precision(cfg.precision, dev)
+    return Runtime(dev, dtype, reason, rank, world_size, local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
