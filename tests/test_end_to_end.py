@@ -1,0 +1,90 @@
+"""One tiny run through the real commands: make train -> translate -> evaluate -> average."""
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import ROOT
+from transformer import checkpoint
+
+TRAIN_TAGS = ["train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_sec"]
+VALID_TAGS = ["valid/loss", "valid/ppl", "valid/bleu"]
+
+
+def make(*args, stdin=None, env=None, check=True):
+    result = subprocess.run(["make", "-s", *args], cwd=ROOT, input=stdin, capture_output=True, env=env, timeout=600)
+    if check:
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(multi30k, tmp_path_factory):
+    run = tmp_path_factory.mktemp("e2e") / "tiny"
+    env = {**os.environ, "TRANSFORMER_CACHE": str(run.parent / "cache")}
+    make("train", "CONFIG=configs/tiny.yaml", f"DATA={multi30k}", f"RUN={run}",
+         "ARGS=train.max_steps=60 train.valid_every=30 train.save_every=20 train.log_every=10", env=env)
+    return run, env
+
+
+def test_training_writes_checkpoints_and_tensorboard_and_learns(trained):
+    run, _ = trained
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert {"step_0000020.pt", "step_0000040.pt", "step_0000060.pt", "best.pt"} <= set(names)
+    assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert set(TRAIN_TAGS + VALID_TAGS) <= set(tags["scalars"])
+    assert any(t.startswith("attention/cross/") for t in tags["images"])
+    assert any(t.startswith("attention/encoder_self/") for t in tags["images"])
+    assert any(t.startswith("attention/decoder_self/") for t in tags["images"])
+    assert any("valid/samples" in t for t in tags["tensors"])
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_translate_one_sentence(trained):
+    run, env = trained
+    out = make("translate", f"RUN={run}", "SENTENCE=Ein Mann fährt Fahrrad.", env=env)
+    assert len(out.stdout.decode().splitlines()) == 1
+
+
+def test_translate_stream_keeps_every_line(trained):
+    run, env = trained
+    lines = b"Ein Hund.\n\n   \n\xff\xfe\xfa kaputt\n\xf0\x9f\x90\x95 \xe4\xb8\x80\n" + b"Wort " * 2000 + b"\nEnde.\n"
+    out = make("translate", f"RUN={run}", stdin=lines, env=env)
+    produced = out.stdout.decode().split("\n")
+    assert produced[-1] == "" and len(produced) - 1 == 7
+    assert produced[1] == "" and produced[2] == ""
+    assert b"invalid UTF-8" in out.stderr and b"longer than the model allows" in out.stderr
+
+
+def test_translate_without_a_checkpoint_says_to_train(tmp_path):
+    out = make("translate", f"RUN={tmp_path / 'none'}", "SENTENCE=Hallo", check=False)
+    assert out.returncode != 0
+    assert b"make train" in out.stderr and b"Traceback" not in out.stderr
+
+
+def test_translate_refuses_a_foreign_file(tmp_path):
+    foreign = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, foreign)
+    out = make("translate", f"CKPT={foreign}", "SENTENCE=Hallo", check=False)
+    assert out.returncode != 0 and b"not a checkpoint of this project" in out.stderr
+
+
+def test_evaluate_and_average(trained, multi30k):
+    run, env = trained
+    make("evaluate", f"RUN={run}", env=env)
+    report = json.loads((run / "test_2016_flickr.bleu.json").read_text())
+    assert report["sentences"] == 1000 and "tok:13a" in report["bleu"]["signature"]
+    hyps = (run / "hyps" / "test_2016_flickr.en.txt").read_text(encoding="utf-8").split("\n")
+    assert len(hyps) == 1001 and not any("Ġ" in h for h in hyps)  # detokenized text
+    make("average", f"RUN={run}", env=env)
+    averaged = checkpoint.load(run / "checkpoints" / "avg.pt")
+    assert averaged["averaged"] == ["step_0000020.pt", "step_0000040.pt", "step_0000060.pt"]
+    out = make("translate", f"RUN={run}", "SENTENCE=Zwei Hunde.", env=env)  # avg.pt is now the default
+    assert len(out.stdout.decode().splitlines()) == 1
