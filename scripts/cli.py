@@ -7,7 +7,7 @@ from transformer.checkpoint import CheckpointError
 from transformer.config import ConfigError
 from transformer.data import DataError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError)
 
 
 def setup_logging() -> None:

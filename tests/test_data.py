@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import write_corpus
 from transformer import data as data_module
-from transformer.batching import collate, make_batches, shard
+from transformer.batching import collate, make_batches, padding_fraction, shard
 from transformer.config import load_config
 from transformer.data import DataError, prepare, read_split
 from transformer.tokenizer import BOS, EOS, PAD, Tokenizer
@@ -67,12 +67,13 @@ def test_batches_respect_the_token_budget_and_cover_the_data(prepared):
     batches = make_batches(src, tgt, 4096, seed=3)
     assert sorted(i for b in batches for i in b) == list(range(len(src)))
     real = padded = 0
-    for b in batches[:200]:
+    for b in batches:
         batch = collate([prepared.train.src[i] for i in b], [prepared.train.tgt[i] for i in b], b)
         assert batch.src.numel() <= 4096 and batch.tgt_in.numel() <= 4096
         real += batch.src_tokens + batch.tgt_tokens
         padded += batch.src.numel() + batch.tgt_in.numel()
     assert 1 - real / padded <= 0.10
+    assert padding_fraction(batches, src, tgt) == pytest.approx(1 - real / padded)
 
 
 def test_same_seed_same_batches():

@@ -78,6 +78,15 @@ def make_batches(src_lens: list[int], tgt_lens: list[int], max_tokens: int, seed
     return batches
 
 
+def padding_fraction(batches: list[list[int]], src_lens: list[int], tgt_lens: list[int]) -> float:
+    """Share of padding among all source and target positions of these batches."""
+    real = padded = 0
+    for batch in batches:
+        real += sum(src_lens[i] + tgt_lens[i] + 2 for i in batch)
+        padded += len(batch) * (max(src_lens[i] for i in batch) + max(tgt_lens[i] for i in batch) + 2)
+    return 1 - real / padded
+
+
 def shard(batches: list[list[int]], world_size: int) -> list[list[int]]:
     """Split batches in two until their count divides by `world_size`, so ranks run equal steps.
 

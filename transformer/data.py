@@ -28,7 +28,7 @@ from .tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 HUB_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "test_2016_flickr": "test"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class DataError(RuntimeError):
@@ -246,11 +246,17 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
                                 config.tokenizer.min_frequency)
     for split in (train, valid):
         split.src, split.tgt = tokenizer.encode_batch(split.src_text), tokenizer.encode_batch(split.tgt_text)
-    # Over-long training pairs are dropped; validation keeps every sentence (its BLEU must be complete).
+    # Over-long training pairs are dropped.
     keep = [i for i in range(len(train)) if len(train.src[i]) < cfg.max_len and len(train.tgt[i]) < cfg.max_len]
     if len(keep) < len(train):
         log.info(f"train: dropped {len(train) - len(keep)} pairs longer than data.max_len={cfg.max_len} tokens")
         train = ParallelText(*([seq[i] for i in keep] for seq in (train.src_text, train.tgt_text, train.src, train.tgt)))
+    # Validation keeps every pair (its BLEU must be complete); over-long sources are cut to fit.
+    cut = [i for i, seq in enumerate(valid.src) if len(seq) >= cfg.max_len]
+    for i in cut:
+        valid.src[i], valid.tgt[i] = valid.src[i][: cfg.max_len - 1], valid.tgt[i][: cfg.max_len - 1]
+    if cut:
+        log.info(f"valid: cut {len(cut)} pairs to data.max_len={cfg.max_len} tokens for loss and decoding")
     prepared = Prepared(tokenizer, train, valid)
     _save_prepared(prepared, cache)
     log.info(f"data: {len(train):,} train / {len(valid):,} valid pairs, vocabulary {tokenizer.vocab_size:,} "

@@ -16,6 +16,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint, runtime
-from .batching import collate, make_batches, shard
+from .batching import collate, make_batches, padding_fraction, shard
 from .config import Config, from_dict, save_config, to_plain
 from .data import Prepared, prepare
 from .loss import label_smoothed_loss
@@ -58,7 +59,7 @@ class StopRequest:
     def __init__(self):
         self.reason: str | None = None
         self.previous = {}
-        if sys.platform != "win32" and __import__("threading").current_thread().name == "MainThread":
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self.handle)
 
@@ -112,6 +113,10 @@ def _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, w
     seconds_before = state.seconds
     interval = {"loss": 0.0, "nll": 0.0, "tokens": 0, "tgt_tokens": 0, "time": 0.0, "steps": 0}
     bad_steps = 0
+    if rt.is_main:
+        first = make_batches(src_lens, tgt_lens, cfg.max_tokens, seed=cfg.seed)
+        log.info(f"batches: {len(first)} an epoch of at most {cfg.max_tokens} tokens a side, "
+                 f"{padding_fraction(first, src_lens, tgt_lens):.1%} padding; {per_step} per step")
     bar = _progress(cfg, state, rt)
     reason = None
     while reason is None:
@@ -134,7 +139,7 @@ def _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, w
             interval["time"] += time.perf_counter() - tic
             state.seconds = seconds_before + time.perf_counter() - session_start
             if writer is not None and interval["steps"] and (state.step % cfg.log_every == 0):
-                _log_train(writer, run_dir, state, interval, stats, bar)
+                _log_train(writer, run_dir, state, interval, stats, bar, cfg.max_minutes)
                 interval = dict.fromkeys(interval, 0)
             if bar is not None:
                 bar.update(0 if stats["skipped"] else 1)
@@ -376,7 +381,8 @@ def _writer(run_dir: Path, config: Config, state: TrainState):
     return writer
 
 
-def _log_train(writer, run_dir: Path, state: TrainState, interval: dict, last: dict, bar) -> None:
+def _log_train(writer, run_dir: Path, state: TrainState, interval: dict, last: dict, bar,
+               budget_minutes: float) -> None:
     loss = interval["loss"] / interval["tgt_tokens"]
     ppl = math.exp(min(interval["nll"] / interval["tgt_tokens"], 50))
     tokens_per_sec = interval["tokens"] / max(interval["time"], 1e-9)
@@ -387,7 +393,8 @@ def _log_train(writer, run_dir: Path, state: TrainState, interval: dict, last: d
                           "loss": loss, "ppl": ppl, "lr": last["lr"], "grad_norm": last["grad_norm"],
                           "tokens_per_sec": tokens_per_sec})
     if bar is not None:
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
+        left = {"left": f"{max(0.0, budget_minutes - state.seconds / 60):.1f}min"} if budget_minutes else {}
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{tokens_per_sec:,.0f}", **left, refresh=False)
     else:
         log.info(f"step {state.step} | epoch {state.epoch + 1} | loss {loss:.3f} | ppl {ppl:.2f} | lr {last['lr']:.2e} "
                  f"| grad {last['grad_norm']:.2f} | {tokens_per_sec:,.0f} tok/s | {state.seconds / 60:.1f} min")

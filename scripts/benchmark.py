@@ -1,0 +1,186 @@
+"""Speed and memory in one run, as ratios to this machine's own matmul peak (`make bench`).
+
+    python -m scripts.benchmark [--config configs/multi30k.yaml] [--ckpt FILE] [--steps 20] [--json FILE]
+
+Measures: the matmul peak (float32, bfloat16); training throughput in source + target tokens/s
+and achieved GFLOP/s for float32 and bf16 autocast, through the real training step; peak memory;
+data preparation time (from scratch and cached); decoding sentences/s on the test split for
+greedy and beam 4, with and without the key/value cache. Machine and library versions included.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from scripts.cli import run
+from transformer import checkpoint, runtime
+from transformer.batching import make_batches, padding_fraction, shard
+from transformer.config import load_config
+from transformer.data import prepare, read_split
+from transformer.model import Transformer, forward_flops
+from transformer.optim import make_optimizer
+from transformer.training import TrainState, train_step
+from transformer.translation import Translator
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import datasets, sacrebleu, tokenizers
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "datasets": datasets.__version__,
+            "tokenizers": tokenizers.__version__, "sacrebleu": sacrebleu.__version__,
+            "cpu_bf16": runtime.cpu_has_bf16()}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024, samples: int = 9) -> float:
+    """Median GFLOP/s of an n x n matrix product: the ceiling the model's matmuls can approach."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(samples):
+        reps, tic = 0, time.perf_counter()
+        while time.perf_counter() - tic < 0.2:
+            a @ b
+            reps += 1
+        rates.append(2 * n**3 * reps / (time.perf_counter() - tic) / 1e9)
+    return statistics.median(rates)
+
+
+def data_preparation(config) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        tic = time.perf_counter()
+        prepare(config, cache)
+        fresh = time.perf_counter() - tic
+        tic = time.perf_counter()
+        prepare(config, cache)
+        cached = time.perf_counter() - tic
+    return {"from_scratch_s": round(fresh, 2), "cached_s": round(cached, 2)}
+
+
+def training_throughput(config, prepared, precision: str, steps: int, warmup: int = 3) -> dict:
+    """Tokens/s and GFLOP/s of the real training step, on the first epoch's batches."""
+    rt = runtime.setup(replace(config.train, precision=precision))
+    model = Transformer(config.model, prepared.tokenizer.vocab_size)
+    optimizer = make_optimizer(model, config.train)
+    src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
+    batches = shard(make_batches(src_lens, tgt_lens, config.train.max_tokens, seed=config.train.seed), 1)
+    groups = [batches[i : i + config.train.accumulate] for i in range(0, len(batches), config.train.accumulate)]
+    state = TrainState()
+    tokens = flops = 0
+    for k, group in enumerate(groups[: warmup + steps]):
+        if k == warmup:
+            tic = time.perf_counter()
+        stats = train_step(model, optimizer, None, group, prepared, tgt_lens, state, config, rt)
+        state.step += 1
+        if k >= warmup:
+            tokens += stats["tokens"]
+            flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, src_lens[i] + 1, tgt_lens[i] + 1)
+                         for batch in group for i in batch)
+    seconds = time.perf_counter() - tic
+    return {"precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
+            "gflops": round(flops / seconds / 1e9, 1), "peak_rss_gib": round(peak_rss_gib(), 2)}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def decoding_speed(translator: Translator, sentences: list[str], beam: int, use_cache: bool) -> dict:
+    ids = translator.encode(sentences)
+    tic = time.perf_counter()
+    hyps = translator.translate_ids(ids, beam_size=beam, use_cache=use_cache)
+    seconds = time.perf_counter() - tic
+    out_tokens = sum(len(h[0].tokens) + 1 for h in hyps if h)
+    return {"beam": beam, "cache": use_cache, "sentences": len(sentences),
+            "sentences_per_s": round(len(sentences) / seconds, 1), "output_tokens_per_s": round(out_tokens / seconds)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/multi30k.yaml")
+    parser.add_argument("--ckpt", help="checkpoint for decoding (default: runs/multi30k's best; else untrained)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per precision")
+    parser.add_argument("--uncached", type=int, default=200, help="sentences decoded without the cache")
+    parser.add_argument("--json", default="runs/bench.json")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    report = {"machine": machine(), "config": args.config}
+    print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch {torch.__version__}",
+          file=sys.stderr)
+    report["matmul_peak_gflops"] = {"float32": round(matmul_peak(torch.float32), 1),
+                                    "bfloat16": round(matmul_peak(torch.bfloat16), 1)}
+    report["data_preparation"] = data_preparation(config)
+    prepared = prepare(config)
+    src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
+    report["data_preparation"]["padding_fraction"] = round(
+        padding_fraction(make_batches(src_lens, tgt_lens, config.train.max_tokens, seed=1), src_lens, tgt_lens), 4)
+    report["training"] = [training_throughput(config, prepared, p, args.steps) for p in ("float32", "bfloat16")]
+    for row in report["training"]:
+        row["fraction_of_peak"] = round(row["gflops"] / report["matmul_peak_gflops"][row["precision"]], 3)
+
+    path = args.ckpt
+    if path is None:
+        try:
+            path = checkpoint.find_for_inference("runs/multi30k", None)
+        except checkpoint.CheckpointError:
+            path = None
+    if path:
+        translator = Translator.from_checkpoint(path, "cpu")
+    else:  # an untrained model never stops early: the slowest case
+        model = Transformer(config.model, prepared.tokenizer.vocab_size)
+        translator = Translator(model, prepared.tokenizer, config)
+    report["decoding_checkpoint"] = str(path) if path else "untrained model (outputs run to the length limit)"
+    test = read_split(translator.config.data, translator.config.data.test_split).src_text
+    report["decoding"] = [decoding_speed(translator, test, beam, True) for beam in (1, 4)]
+    subset = test[: args.uncached]
+    for beam in (1, 4):
+        cached = decoding_speed(translator, subset, beam, True)
+        uncached = decoding_speed(translator, subset, beam, False)
+        uncached["cache_speedup"] = round(cached["sentences_per_s"] / uncached["sentences_per_s"], 2)
+        report["decoding"] += [cached, uncached]
+    report["peak_rss_gib"] = round(peak_rss_gib(), 2)
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(table(report))
+    print(f"\n(full report: {args.json})")
+    return 0
+
+
+def table(r: dict) -> str:
+    m, peak = r["machine"], r["matmul_peak_gflops"]
+    lines = [f"machine   {m['cpu']} | {m['cores']} cores | torch {m['torch']} | threads {m['threads']}",
+             f"matmul    float32 {peak['float32']} GFLOP/s | bfloat16 {peak['bfloat16']} GFLOP/s (1024 x 1024)",
+             f"data      from scratch {r['data_preparation']['from_scratch_s']} s | cached {r['data_preparation']['cached_s']} s"
+             f" | padding {r['data_preparation']['padding_fraction']:.1%} of batch tokens",
+             "", "training  precision  tokens/s (src+tgt)  GFLOP/s  of peak  peak RSS"]
+    for t in r["training"]:
+        lines.append(f"          {t['precision']:<9}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}  {t['fraction_of_peak']:>7.0%}"
+                     f"  {t['peak_rss_gib']} GiB")
+    lines += ["", f"decoding  ({r['decoding_checkpoint']})", "          beam  cache  sentences  sent/s  out tok/s  cache speedup"]
+    for d in r["decoding"]:
+        lines.append(f"          {d['beam']:>4}  {'yes' if d['cache'] else 'no':>5}  {d['sentences']:>9}  {d['sentences_per_s']:>6}"
+                     f"  {d['output_tokens_per_s']:>9}  {d.get('cache_speedup', '')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run(main)
