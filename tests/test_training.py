@@ -158,3 +158,25 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_cor
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
     assert start["state"]["step"] == 4
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_checkpoint(small_corpus, tmp_path, monkeypatch, caplog):
+    from transformer import training
+
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    real_loss = training.label_smoothed_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):  # the first 2 steps are fine, then every loss is NaN
+        loss, nll = real_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan"), nll) if len(calls) > 2 else (loss, nll)
+
+    monkeypatch.setattr(training, "label_smoothed_loss", poisoned)
+    config = tiny_config(small_corpus, "train.max_steps=50", "train.max_bad_steps=3", "train.save_every=1000")
+    with pytest.raises(training.TrainingError, match="non-finite 3 steps in a row"):
+        train(config, tmp_path / "run")
+    assert caplog.text.count("step skipped") == 3
+    path, state = checkpoint.latest_good(tmp_path / "run" / "checkpoints")
+    assert state["state"]["step"] == 2  # skipped steps did not move the model
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
