@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/multi30k.yaml")
     parser.add_argument("--ckpt", help="checkpoint for decoding (default: runs/multi30k's best; else untrained)")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per precision")
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per precision")
     parser.add_argument("--uncached", type=int, default=200, help="sentences decoded without the cache")
     parser.add_argument("--json", default="runs/bench.json")
     parser.add_argument("overrides", nargs="*")

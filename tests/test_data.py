@@ -131,7 +131,12 @@ def test_no_local_data_and_no_hub_fails_fast(tmp_path, monkeypatch):
 
 def test_hub_probe_is_bounded_in_time(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(data_module.socket, "create_connection", lambda *a, **k: time.sleep(30))
+
+    def hang(*args, **kwargs):
+        time.sleep(30)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(data_module.socket, "create_connection", hang)
     start = time.perf_counter()
     assert not data_module.hub_reachable(timeout=0.5)
     assert time.perf_counter() - start < 2
