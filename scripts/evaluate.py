@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     run_dir = Path(args.run_dir)
     (run_dir / "hyps").mkdir(parents=True, exist_ok=True)
     (run_dir / "hyps" / f"{name}.{data.tgt_lang}.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    step = checkpoint.load(path).get("state", {}).get("step", 0)
+    step = translator.step
     report = {"split": name, "checkpoint": str(path), "step": step, "beam": beam, "sentences": len(hyps), **result}
     (run_dir / f"{name}.bleu.json").write_text(json.dumps(report, indent=2))
     from torch.utils.tensorboard import SummaryWriter

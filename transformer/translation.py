@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class Translator:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: Config):
-        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: Config, step: int = 0):
+        self.model, self.tokenizer, self.config, self.step = model.eval(), tokenizer, config, step
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -30,7 +30,7 @@ class Translator:
         model = Transformer(config.model, tokenizer.vocab_size)
         model.load_state_dict(state["model"])
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), tokenizer, config)
+        return cls(model.to(device), tokenizer, config, state.get("state", {}).get("step", 0))
 
     @property
     def max_source_tokens(self) -> int:
