@@ -199,8 +199,7 @@ def train_step(net, optimizer, scaler, group, prepared: Prepared, tgt_lens, stat
         dist.all_reduce(sums)
     if scaler:
         scaler.unscale_(optimizer)
-    params = [p for group_ in optimizer.param_groups for p in group_["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm if cfg.clip_norm > 0 else float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm if cfg.clip_norm > 0 else float("inf"))
     loss_value = float(sums[0]) / step_tgt_tokens
     skipped = not (math.isfinite(loss_value) and torch.isfinite(grad_norm))
     lr = lr_at(state.step + 1, config.model.d_model, cfg.warmup_steps, cfg.lr_factor)
