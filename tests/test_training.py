@@ -89,6 +89,17 @@ def test_resume_continues_exactly_as_if_never_stopped(small_corpus, tmp_path, mo
     assert state["state"]["epoch"] >= 1  # the run crossed an epoch boundary
 
 
+def test_max_epochs_stops_at_the_epoch_boundary_and_saves_without_validating_twice(small_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    state = train(tiny_config(small_corpus, "train.max_epochs=2", "train.valid_every=1", "train.save_every=1000"),
+                  tmp_path / "run")
+    assert (state.epoch, state.epoch_step) == (2, 0)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "valid_loss" in r] == list(range(1, state.step + 1))  # the last one once
+    saved = checkpoint.load(checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")[-1])["state"]
+    assert (saved["step"], saved["epoch"]) == (state.step, 2)
+
+
 def test_truncated_or_foreign_checkpoints_are_reported_and_skipped(tmp_path, caplog):
     folder = tmp_path / "checkpoints"
     for step in (1, 2):

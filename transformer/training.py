@@ -126,6 +126,8 @@ def _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, w
             tic = time.perf_counter()
             stats = train_step(net, optimizer, scaler, group, prepared, tgt_lens, state, config, rt)
             state.epoch_step += 1
+            if state.epoch_step == len(groups):
+                state.epoch, state.epoch_step = state.epoch + 1, 0
             if stats["skipped"]:
                 bad_steps += 1
                 log.warning(f"step {state.step + 1}: non-finite loss or gradient ({stats['loss']:.3g}); step skipped")
@@ -156,13 +158,6 @@ def _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, w
             reason = _agree(reason, rt)
             if reason:
                 break
-        else:
-            state.epoch, state.epoch_step = state.epoch + 1, 0
-            if cfg.max_epochs and state.epoch >= cfg.max_epochs and reason is None:
-                reason = f"reached train.max_epochs={cfg.max_epochs}"
-                if rt.is_main:
-                    validate_and_log(model, prepared, config, rt, writer, run_dir, state)
-                    save_checkpoint(run_dir, model, optimizer, scaler, state, config, prepared)
     if bar is not None:
         bar.close()
     if rt.is_main:
@@ -347,6 +342,8 @@ def _stop_reason(cfg, state: TrainState, stop: StopRequest, bad_steps: int, rt) 
         return f"{bad_steps} non-finite steps in a row"
     if cfg.max_steps and state.step >= cfg.max_steps:
         return f"reached train.max_steps={cfg.max_steps}"
+    if cfg.max_epochs and state.epoch >= cfg.max_epochs:
+        return f"reached train.max_epochs={cfg.max_epochs}"
     if cfg.max_minutes and state.seconds >= cfg.max_minutes * 60:
         return f"reached train.max_minutes={cfg.max_minutes:g}"
     return None
