@@ -125,9 +125,11 @@ def test_averaging_is_the_mean_of_the_parameters(tmp_path):
     paths = []
     for step in (1, 2, 3):
         paths.append(checkpoint.save({"model": {"w": torch.full((2,), float(step)), "n": torch.tensor(step)},
-                                      "state": {"step": step}}, tmp_path / f"step_{step:07d}.pt"))
+                                      "state": {"step": step}, "optimizer": {"m": torch.ones(2)}},
+                                     tmp_path / f"step_{step:07d}.pt"))
     averaged = checkpoint.average(paths)
     assert averaged["model"]["w"].tolist() == [2.0, 2.0] and averaged["state"]["step"] == 3
+    assert averaged["model"]["n"].item() == 3 and "optimizer" not in averaged  # integers from the newest
 
 
 def _env(tmp_path):

@@ -94,16 +94,17 @@ def find_for_inference(run: str | Path | None, ckpt: str | Path | None) -> Path:
 
 
 def average(paths: list[Path]) -> dict:
-    """Sec. 6.1: the element-wise mean of the models' parameters; the rest comes from the newest."""
-    states = [load(p) for p in paths]
-    newest = states[-1]
-    model = {}
-    for name, tensor in newest["model"].items():
-        if tensor.is_floating_point():
-            model[name] = sum(s["model"][name].double() for s in states).div(len(states)).to(tensor.dtype)
-        else:
-            model[name] = tensor
-    averaged = {k: v for k, v in newest.items() if k not in ("optimizer", "format")}
+    """Sec. 6.1: the element-wise mean of the models' parameters; the rest comes from the newest.
+
+    Checkpoints are read one at a time into a float64 running sum, so memory holds two models, not N."""
+    total = None
+    for path in paths:
+        newest = load(path)
+        newest.pop("optimizer", None)  # the largest part of a checkpoint, and meaningless averaged
+        floats = {k: v.double() for k, v in newest["model"].items() if v.is_floating_point()}
+        total = floats if total is None else {k: total[k].add_(v) for k, v in floats.items()}
+    model = {k: total[k].div(len(paths)).to(v.dtype) if k in total else v for k, v in newest["model"].items()}
+    averaged = {k: v for k, v in newest.items() if k != "format"}
     averaged["model"] = model
     averaged["averaged"] = [p.name for p in paths]
     return averaged
