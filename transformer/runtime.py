@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +87,9 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    seed_everything(cfg.seed + rank)  # ranks draw different dropout masks
+    torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
     dtype, reason = choose_precision(cfg.precision, dev)
     return Runtime(dev, dtype, reason, rank, world_size, local_rank)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def rng_state() -> dict:

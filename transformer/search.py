@@ -40,6 +40,12 @@ def max_output_lengths(src_pad: Tensor, max_extra_len: int, model: Transformer) 
     return (src_len + max_extra_len).clamp(max=model.pe.size(0) - 1)
 
 
+def only_eos(lprobs: Tensor, rows: Tensor) -> None:
+    """In place: the selected rows (first dimension) may only end, with probability 1."""
+    lprobs[rows] = float("-inf")
+    lprobs[rows, ..., EOS] = 0.0
+
+
 class _Stepper:
     """Next-token log-probabilities for rows of hypotheses, with or without the cache."""
 
@@ -76,7 +82,7 @@ def greedy(model: Transformer, src: Tensor, src_pad: Tensor, max_extra_len: int 
     for t in range(1, int(limit.max()) + 2):  # t = tokens generated after this step, </s> included
         lprobs = step(tokens)  # (n, V)
         at_limit = t > limit[active]  # only </s> may follow the longest allowed output
-        lprobs[at_limit] = torch.where(torch.arange(lprobs.size(1), device=src.device) == EOS, 0.0, float("-inf"))
+        only_eos(lprobs, at_limit)
         best, choice = lprobs.max(dim=-1)
         scores[active] += best
         tokens = torch.cat([tokens, choice[:, None]], dim=1)
@@ -116,7 +122,7 @@ def beam_search(model: Transformer, src: Tensor, src_pad: Tensor, beam_size: int
         lprobs = step(tokens).view(n, K, -1)  # (n, K, V)
         V = lprobs.size(-1)
         at_limit = t > limit[active]  # (n,)
-        lprobs[at_limit] = torch.where(torch.arange(V, device=device) == EOS, 0.0, float("-inf"))
+        only_eos(lprobs, at_limit)
         candidates = (scores[:, :, None] + lprobs).view(n, K * V)
         top_scores, top = candidates.topk(2 * K, dim=1)  # (n, 2K): at most K of them end in </s>
         beam, token = top // V, top % V
