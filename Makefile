@@ -34,10 +34,10 @@ train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP und
 	$(LAUNCH) -m scripts.train --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one)
-	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(SENTENCE),--sentence "$$SENTENCE")
+	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(SENTENCE),--sentence "$$SENTENCE") $(ARGS)
 
-evaluate:  ## BLEU and chrF of RUN on SPLIT (default test_2016_flickr)
-	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) --split $(SPLIT) $(if $(DATA),--data $(DATA))
+evaluate:  ## BLEU and chrF of RUN on SPLIT (default test_2016_flickr); ARGS="decode.length_penalty=1.0" changes decoding
+	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) --split $(SPLIT) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1)
 	$(PYTHON) -m scripts.average --run-dir $(RUN)

@@ -2,6 +2,7 @@
 
     python -m scripts.evaluate --run-dir runs/multi30k [--split test_2016_flickr] [--ckpt FILE]
     python -m scripts.evaluate --run-dir runs/multi30k --src test.de --ref test.en
+    python -m scripts.evaluate --run-dir runs/multi30k --split val decode.length_penalty=1.0
 
 Writes <run>/hyps/<split>.<lang>.txt and <run>/<split>.bleu.json, and logs the scores to TensorBoard.
 """
@@ -29,13 +30,14 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="local corpus folder (default: the one the run was trained on)")
     parser.add_argument("--src", help="source file to translate instead of a split (needs --ref)")
     parser.add_argument("--ref", help="reference translations of --src, one per line")
-    parser.add_argument("--beam", type=int, help="beam size (default: the checkpoint's decode.beam_size)")
+    parser.add_argument("overrides", nargs="*", help="decode settings, e.g. decode.beam_size=5 "
+                                                     "decode.length_penalty=1.0 (default: the checkpoint's)")
     parser.add_argument("--device")
     args = parser.parse_args(argv)
     if bool(args.src) != bool(args.ref):
         parser.error("--src and --ref go together")
     path = checkpoint.find_for_inference(args.run_dir, args.ckpt)
-    translator = Translator.from_checkpoint(path, args.device)
+    translator = Translator.from_checkpoint(path, args.device, args.overrides)
     data = translator.config.data
     if args.src:
         name = Path(args.src).name
@@ -51,10 +53,11 @@ def main(argv=None) -> int:
             data = replace(data, path=args.data)
         split = read_split(data, args.split)
         sources, references = split.src_text, split.tgt_text
-    hyps = translator.translate(sources, args.beam)
+    hyps = translator.translate(sources)
     result = scores(hyps, references)
-    beam = args.beam or translator.config.decode.beam_size
-    print(f"{name}: {len(hyps)} sentences, {data.src_lang} -> {data.tgt_lang}, {path}, beam {beam}")
+    decode = translator.config.decode
+    print(f"{name}: {len(hyps)} sentences, {data.src_lang} -> {data.tgt_lang}, {path}, beam {decode.beam_size}, "
+          f"length penalty {decode.length_penalty}")
     print(f"  {result['bleu']['text']}\n    sacreBLEU signature: {result['bleu']['signature']}")
     print(f"  chrF2 = {result['chrf']['score']:.2f}\n    signature: {result['chrf']['signature']}")
     print(f"  lower-cased tokenized BLEU (the number most Multi30k papers report) = {result['bleu_lc']['score']:.2f}"
@@ -63,7 +66,8 @@ def main(argv=None) -> int:
     (run_dir / "hyps").mkdir(parents=True, exist_ok=True)
     (run_dir / "hyps" / f"{name}.{data.tgt_lang}.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     step = translator.step
-    report = {"split": name, "checkpoint": str(path), "step": step, "beam": beam, "sentences": len(hyps), **result}
+    report = {"split": name, "checkpoint": str(path), "step": step, "beam": decode.beam_size,
+              "length_penalty": decode.length_penalty, "sentences": len(hyps), **result}
     (run_dir / f"{name}.bleu.json").write_text(json.dumps(report, indent=2))
     from torch.utils.tensorboard import SummaryWriter
 

@@ -3,6 +3,7 @@
     python -m scripts.translate --run-dir runs/multi30k --sentence "Ein Mann fährt Fahrrad."
     python -m scripts.translate --run-dir runs/multi30k < input.de > output.en    # one line out per line in
     python -m scripts.translate --ckpt runs/multi30k/checkpoints/best.pt --input in.de --output out.en
+    python -m scripts.translate --run-dir runs/multi30k decode.beam_size=1 < input.de    # greedy
 """
 import argparse
 import logging
@@ -29,14 +30,14 @@ def read_lines(stream) -> list[str]:
     return lines
 
 
-def translate_stream(translator: Translator, lines: list[str], out, beam: int | None) -> None:
+def translate_stream(translator: Translator, lines: list[str], out) -> None:
     for start in range(0, len(lines), CHUNK):
-        for hyp in translator.translate(lines[start : start + CHUNK], beam):
+        for hyp in translator.translate(lines[start : start + CHUNK]):
             out.write(hyp + "\n")
         out.flush()
 
 
-def interactive(translator: Translator, beam: int | None) -> None:
+def interactive(translator: Translator) -> None:
     src, tgt = translator.config.data.src_lang, translator.config.data.tgt_lang
     print(f"Type a sentence in '{src}' and press Enter for its '{tgt}' translation; Ctrl-D quits.", file=sys.stderr)
     while True:
@@ -45,7 +46,7 @@ def interactive(translator: Translator, beam: int | None) -> None:
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return
-        print(f"{tgt}: {translator.translate([line], beam)[0]}")
+        print(f"{tgt}: {translator.translate([line])[0]}")
 
 
 def main(argv=None) -> int:
@@ -55,15 +56,16 @@ def main(argv=None) -> int:
     parser.add_argument("--sentence", help="translate this sentence and exit")
     parser.add_argument("--input", help="file to translate (default: standard input)")
     parser.add_argument("--output", help="file to write (default: standard output)")
-    parser.add_argument("--beam", type=int, help="beam size (default: the checkpoint's decode.beam_size; 1 = greedy)")
+    parser.add_argument("overrides", nargs="*", help="decode settings, e.g. decode.beam_size=1 (greedy) "
+                                                     "decode.length_penalty=1.0 (default: the checkpoint's)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
-    translator = Translator.from_checkpoint(find_for_inference(args.run_dir, args.ckpt), args.device)
+    translator = Translator.from_checkpoint(find_for_inference(args.run_dir, args.ckpt), args.device, args.overrides)
     if args.sentence is not None:
-        print(translator.translate([args.sentence], args.beam)[0])
+        print(translator.translate([args.sentence])[0])
         return 0
     if args.input is None and sys.stdin.isatty():
-        interactive(translator, args.beam)
+        interactive(translator)
         return 0
     if args.input:
         with open(args.input, "rb") as f:
@@ -72,9 +74,9 @@ def main(argv=None) -> int:
         lines = read_lines(sys.stdin.buffer)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
-            translate_stream(translator, lines, out, args.beam)
+            translate_stream(translator, lines, out)
     else:
-        translate_stream(translator, lines, sys.stdout, args.beam)
+        translate_stream(translator, lines, sys.stdout)
     return 0
 
 

@@ -63,6 +63,15 @@ def test_translate_stream_keeps_every_line(trained):
     assert b"invalid UTF-8" in out.stderr and b"longer than the model allows" in out.stderr
 
 
+def test_decode_settings_change_at_translation_time_and_nothing_else_does(trained):
+    run, env = trained
+    make("evaluate", f"RUN={run}", "SPLIT=val", "ARGS=decode.beam_size=2 decode.length_penalty=1.5", env=env)
+    report = json.loads((run / "val.bleu.json").read_text())
+    assert (report["beam"], report["length_penalty"], report["sentences"]) == (2, 1.5, 1014)
+    out = make("translate", f"RUN={run}", "SENTENCE=Hallo", "ARGS=model.d_model=64", env=env, check=False)
+    assert out.returncode != 0 and b"only decode.* settings" in out.stderr and b"Traceback" not in out.stderr
+
+
 def test_translate_without_a_checkpoint_says_to_train(tmp_path):
     out = make("translate", f"RUN={tmp_path / 'none'}", "SENTENCE=Hallo", check=False)
     assert out.returncode != 0

@@ -184,10 +184,10 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     return nested
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -209,7 +209,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold sections (model:, data:, ...), not {type(values).__name__}")
-    return from_dict(_merge(values, parse_overrides(overrides)))
+    return from_dict(merge(values, parse_overrides(overrides)))
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint
 from .batching import collate, make_batches
-from .config import Config, from_dict
+from .config import Config, ConfigError, from_dict, merge, parse_overrides
 from .model import Transformer
 from .search import beam_search, greedy
 from .tokenizer import Tokenizer
@@ -22,11 +22,17 @@ class Translator:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> "Translator":
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, overrides: list[str] = ()) -> "Translator":
+        """`overrides` change decode settings only, e.g. ["decode.beam_size=5", "decode.length_penalty=1.0"]."""
+        changes = parse_overrides(overrides)
+        fixed = [item for item in overrides if not item.strip().startswith("decode.")]
+        if fixed:
+            raise ConfigError(f"only decode.* settings can change after training; {', '.join(fixed)} "
+                              f"is fixed by the checkpoint")
         state = checkpoint.load(path)
         if "tokenizer" not in state or "config" not in state:
             raise checkpoint.CheckpointError(f"{path} lacks its config or tokenizer; it cannot translate alone")
-        config, tokenizer = from_dict(state["config"]), Tokenizer.from_str(state["tokenizer"])
+        config, tokenizer = from_dict(merge(state["config"], changes)), Tokenizer.from_str(state["tokenizer"])
         model = Transformer(config.model, tokenizer.vocab_size)
         model.load_state_dict(state["model"])
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,7 +79,7 @@ class Translator:
                 results[i] = h
         return results
 
-    def translate(self, sentences: list[str], beam_size: int | None = None) -> list[str]:
+    def translate(self, sentences: list[str]) -> list[str]:
         """One detokenized translation per input sentence; a blank line gives an empty line."""
-        hyps = self.translate_ids(self.encode([s.strip() for s in sentences]), beam_size)
+        hyps = self.translate_ids(self.encode([s.strip() for s in sentences]))
         return [self.tokenizer.decode(h[0].tokens) if h else "" for h in hyps]
