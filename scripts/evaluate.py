@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from scripts.cli import run
+from scripts.cli import add_decode_overrides, run
 from scripts.translate import read_lines
 from transformer import checkpoint
 from transformer.data import read_split
@@ -30,8 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="local corpus folder (default: the one the run was trained on)")
     parser.add_argument("--src", help="source file to translate instead of a split (needs --ref)")
     parser.add_argument("--ref", help="reference translations of --src, one per line")
-    parser.add_argument("overrides", nargs="*", help="decode settings, e.g. decode.beam_size=5 "
-                                                     "decode.length_penalty=1.0 (default: the checkpoint's)")
+    add_decode_overrides(parser)
     parser.add_argument("--device")
     args = parser.parse_args(argv)
     if bool(args.src) != bool(args.ref):

@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from scripts.cli import run
+from scripts.cli import add_decode_overrides, run
 from transformer.checkpoint import find_for_inference
 from transformer.translation import Translator
 
@@ -56,8 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sentence", help="translate this sentence and exit")
     parser.add_argument("--input", help="file to translate (default: standard input)")
     parser.add_argument("--output", help="file to write (default: standard output)")
-    parser.add_argument("overrides", nargs="*", help="decode settings, e.g. decode.beam_size=1 (greedy) "
-                                                     "decode.length_penalty=1.0 (default: the checkpoint's)")
+    add_decode_overrides(parser)
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
     translator = Translator.from_checkpoint(find_for_inference(args.run_dir, args.ckpt), args.device, args.overrides)

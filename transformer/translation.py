@@ -25,10 +25,10 @@ class Translator:
     def from_checkpoint(cls, path: str | Path, device: str | None = None, overrides: list[str] = ()) -> "Translator":
         """`overrides` change decode settings only, e.g. ["decode.beam_size=5", "decode.length_penalty=1.0"]."""
         changes = parse_overrides(overrides)
-        fixed = [item for item in overrides if not item.strip().startswith("decode.")]
+        fixed = sorted(set(changes) - {"decode"})
         if fixed:
             raise ConfigError(f"only decode.* settings can change after training; {', '.join(fixed)} "
-                              f"is fixed by the checkpoint")
+                              f"settings are fixed by the checkpoint")
         state = checkpoint.load(path)
         if "tokenizer" not in state or "config" not in state:
             raise checkpoint.CheckpointError(f"{path} lacks its config or tokenizer; it cannot translate alone")
