@@ -1,5 +1,8 @@
 """Average the parameters of a run's last step checkpoints into avg.pt (Sec. 6.1: the last 5).
 
+Only checkpoints of the save grid (every train.save_every steps) are averaged, equally spaced as in
+the paper; one written at a stop is a resume point.
+
     python -m scripts.average --run-dir runs/multi30k [--last 5]
 """
 import argparse
@@ -22,10 +25,16 @@ def main(argv=None) -> int:
     paths = checkpoint.step_checkpoints(folder)
     if not paths:
         raise checkpoint.CheckpointError(f"no step checkpoints in {folder}; train first: make train RUN={args.run_dir}")
-    last = args.last or from_dict(checkpoint.load(paths[-1])["config"]).train.average_last
-    if len(paths) < last:
-        log.warning(f"only {len(paths)} step checkpoints in {folder}; averaging those (raise train.keep_last to keep {last})")
-    chosen = paths[-last:]
+    train = from_dict(checkpoint.load(paths[-1])["config"]).train
+    last = args.last or train.average_last
+    grid = checkpoint.on_grid(folder, train.save_every)
+    if not grid:
+        raise checkpoint.CheckpointError(f"no checkpoint in {folder} lies on the save grid (every {train.save_every} "
+                                         f"steps); train longer or lower train.save_every")
+    if len(grid) < last:
+        log.warning(f"only {len(grid)} checkpoints every {train.save_every} steps in {folder}; averaging those "
+                    f"(raise train.keep_last to keep {last})")
+    chosen = grid[-last:]
     out = checkpoint.save(checkpoint.average(chosen), folder / "avg.pt")
     log.info(f"averaged {', '.join(p.name for p in chosen)} -> {out}")
     return 0

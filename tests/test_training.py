@@ -132,6 +132,20 @@ def test_averaging_is_the_mean_of_the_parameters(tmp_path):
     assert averaged["model"]["n"].item() == 3 and "optimizer" not in averaged  # integers from the newest
 
 
+def test_a_stop_checkpoint_is_kept_for_resuming_but_never_evicts_or_joins_the_grid(tmp_path):
+    def steps():
+        return [checkpoint.step_of(p) for p in checkpoint.step_checkpoints(tmp_path)]
+
+    for step in (500, 1000, 1500, 2000, 2040):  # 2040: Ctrl-C just after the grid save at 2000
+        checkpoint.save({"state": {"step": step}}, tmp_path / f"step_{step:07d}.pt")
+        checkpoint.prune(tmp_path, keep_last=3, every=500)
+    assert steps() == [1000, 1500, 2000, 2040]
+    assert [checkpoint.step_of(p) for p in checkpoint.on_grid(tmp_path, 500)] == [1000, 1500, 2000]
+    checkpoint.save({"state": {"step": 2500}}, tmp_path / "step_0002500.pt")  # resumed to the next grid save
+    checkpoint.prune(tmp_path, keep_last=3, every=500)
+    assert steps() == [1500, 2000, 2500]
+
+
 def _env(tmp_path):
     return {**os.environ, "TRANSFORMER_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
 

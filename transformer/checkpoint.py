@@ -4,7 +4,8 @@ A checkpoint holds the model, optimizer, schedule step, RNG states, data positio
 config and the tokenizer, so it alone can resume training or translate. Only tensors, plain
 containers and strings go in, so `torch.load(weights_only=True)` reads it.
 
-    runs/<name>/checkpoints/step_0001000.pt ...  the last `train.keep_last` steps
+    runs/<name>/checkpoints/step_0001000.pt ...  the last `train.keep_last` steps of the save grid,
+                                                 and the newest (a stop's resume point)
     runs/<name>/checkpoints/best.pt              best validation BLEU
     runs/<name>/checkpoints/avg.pt               average of the last steps (make average)
 """
@@ -61,7 +62,7 @@ def step_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if STEP_FILE.search(p.name)), key=lambda p: int(STEP_FILE.search(p.name)[1]))
+    return sorted((p for p in folder.iterdir() if STEP_FILE.search(p.name)), key=step_of)
 
 
 def latest_good(folder: str | Path, map_location="cpu") -> tuple[Path, dict] | None:
@@ -74,9 +75,26 @@ def latest_good(folder: str | Path, map_location="cpu") -> tuple[Path, dict] | N
     return None
 
 
-def prune(folder: str | Path, keep_last: int) -> None:
-    for path in step_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
-        path.unlink(missing_ok=True)
+def step_of(path: Path) -> int:
+    return int(STEP_FILE.search(path.name)[1])
+
+
+def on_grid(folder: str | Path, every: int) -> list[Path]:
+    """The step checkpoints written every `every` steps, oldest first: the equally spaced ones to average.
+    A stop (Ctrl-C, max_minutes) or the save_every_minutes timer writes off the grid, a resume point only."""
+    return [p for p in step_checkpoints(folder) if step_of(p) % every == 0]
+
+
+def prune(folder: str | Path, keep_last: int, every: int) -> None:
+    """Keep the last `keep_last` grid checkpoints and the newest one, so a stop just after a grid save
+    neither evicts a grid checkpoint nor gets averaged as a near-copy of it."""
+    if keep_last <= 0:
+        return
+    paths = step_checkpoints(folder)
+    keep = set(on_grid(folder, every)[-keep_last:] + paths[-1:])
+    for path in paths:
+        if path not in keep:
+            path.unlink(missing_ok=True)
 
 
 def find_for_inference(run: str | Path | None, ckpt: str | Path | None) -> Path:

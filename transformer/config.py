@@ -72,8 +72,8 @@ class TrainConfig:
     valid_bleu: bool = True  # greedy-decode the validation split for BLEU
     early_stopping: int = 0  # stop after this many validations without a better BLEU; 0 = off
     save_every: int = 1000  # steps between checkpoints
-    save_every_minutes: float = 10.0
-    keep_last: int = 5  # step checkpoints kept (and averaged by `make average`)
+    save_every_minutes: float = 10.0  # also saves off the step grid: a resume point, never averaged
+    keep_last: int = 5  # checkpoints of the save_every grid kept (and averaged by `make average`)
     average_last: int = 5  # Sec. 6.1: average the last 5 checkpoints
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False

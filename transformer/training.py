@@ -283,7 +283,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scaler, state: TrainState, 
         payload["scaler"] = scaler.state_dict()
     path = checkpoint.save(payload, folder / (name or f"step_{state.step:07d}.pt"))
     if name is None:
-        checkpoint.prune(folder, config.train.keep_last)
+        checkpoint.prune(folder, config.train.keep_last, config.train.save_every)
     return path
 
 
