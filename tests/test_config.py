@@ -30,6 +30,8 @@ def test_dotted_overrides():
     (["model.norm=middle"], ["model.norm", "post", "pre"]),
     (["train.compile=maybe"], ["train.compile"]),
     (["d_model=3"], ["'d_model'", "section.key"]),
+    (["model.n_heads=3"], ["model.d_model", "model.n_heads"]),
+    (["train.save_every=0"], ["train.save_every", "at least 1"]),
 ])
 def test_bad_keys_and_values_are_named(overrides, names):
     with pytest.raises(ConfigError) as error:
@@ -51,5 +53,5 @@ def test_missing_file_is_named():
 
 
 def test_every_shipped_config_loads():
-    for name in ["base", "big", "multi30k", "tiny"]:
+    for name in ["base", "big", "multi30k", "multi30k_en_de", "tiny"]:
         load_config(f"configs/{name}.yaml")

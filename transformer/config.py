@@ -192,7 +192,14 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def from_dict(values: dict) -> Config:
-    return _build(Config, values or {}, "")
+    config = _build(Config, values or {}, "")
+    m, t = config.model, config.train
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads} (d_k = d_model / h)")
+    for key in ("max_tokens", "accumulate", "valid_every", "save_every", "log_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
