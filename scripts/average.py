@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         raise checkpoint.CheckpointError(f"no step checkpoints in {folder}; train first: make train RUN={args.run_dir}")
     train = from_dict(checkpoint.load(paths[-1])["config"]).train
     last = args.last or train.average_last
-    grid = checkpoint.on_grid(folder, train.save_every)
+    grid = checkpoint.on_grid(paths, train.save_every)
     if not grid:
         raise checkpoint.CheckpointError(f"no checkpoint in {folder} lies on the save grid (every {train.save_every} "
                                          f"steps); train longer or lower train.save_every")

@@ -140,7 +140,7 @@ def test_a_stop_checkpoint_is_kept_for_resuming_but_never_evicts_or_joins_the_gr
         checkpoint.save({"state": {"step": step}}, tmp_path / f"step_{step:07d}.pt")
         checkpoint.prune(tmp_path, keep_last=3, every=500)
     assert steps() == [1000, 1500, 2000, 2040]
-    assert [checkpoint.step_of(p) for p in checkpoint.on_grid(tmp_path, 500)] == [1000, 1500, 2000]
+    assert [checkpoint.step_of(p) for p in checkpoint.on_grid(checkpoint.step_checkpoints(tmp_path), 500)] == [1000, 1500, 2000]
     checkpoint.save({"state": {"step": 2500}}, tmp_path / "step_0002500.pt")  # resumed to the next grid save
     checkpoint.prune(tmp_path, keep_last=3, every=500)
     assert steps() == [1500, 2000, 2500]

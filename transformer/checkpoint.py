@@ -79,10 +79,10 @@ def step_of(path: Path) -> int:
     return int(STEP_FILE.search(path.name)[1])
 
 
-def on_grid(folder: str | Path, every: int) -> list[Path]:
-    """The step checkpoints written every `every` steps, oldest first: the equally spaced ones to average.
-    A stop (Ctrl-C, max_minutes) or the save_every_minutes timer writes off the grid, a resume point only."""
-    return [p for p in step_checkpoints(folder) if step_of(p) % every == 0]
+def on_grid(paths: list[Path], every: int) -> list[Path]:
+    """The checkpoints written every `every` steps: the equally spaced ones to average. A stop (Ctrl-C,
+    max_minutes) or the save_every_minutes timer writes off the grid, a resume point only."""
+    return [p for p in paths if step_of(p) % every == 0]
 
 
 def prune(folder: str | Path, keep_last: int, every: int) -> None:
@@ -91,7 +91,7 @@ def prune(folder: str | Path, keep_last: int, every: int) -> None:
     if keep_last <= 0:
         return
     paths = step_checkpoints(folder)
-    keep = set(on_grid(folder, every)[-keep_last:] + paths[-1:])
+    keep = set(on_grid(paths, every)[-keep_last:] + paths[-1:])
     for path in paths:
         if path not in keep:
             path.unlink(missing_ok=True)
