@@ -79,6 +79,7 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)  # plain "cuda": this rank's GPU
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -100,9 +101,10 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Generator states are CPU byte tensors, wherever the checkpoint holding them was loaded to."""
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def teardown() -> None:

@@ -430,9 +430,10 @@ def heatmap(weights: torch.Tensor, cell: int = 12):
     """(Tq, Tk) weights in [0, 1] -> an RGB image (uint8, HWC), dark blue (0) to yellow (1)."""
     anchors = torch.tensor([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]],
                            dtype=torch.float32)  # plasma colormap stops
-    x = (weights.float().clamp(0, 1) / weights.max().clamp(min=1e-9)) * (len(anchors) - 1)
+    weights = weights.detach().float().cpu()  # the colormap lives on the CPU, the model may not
+    x = (weights.clamp(0, 1) / weights.max().clamp(min=1e-9)) * (len(anchors) - 1)
     low = x.floor().long().clamp(max=len(anchors) - 2)
     frac = (x - low)[..., None]
     rgb = anchors[low] * (1 - frac) + anchors[low + 1] * frac  # (Tq, Tk, 3)
     rgb = rgb.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-    return rgb.round().to(torch.uint8).cpu().numpy()
+    return rgb.round().to(torch.uint8).numpy()
