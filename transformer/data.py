@@ -280,7 +280,7 @@ def _save_prepared(prepared: Prepared, path: Path) -> None:
         split = getattr(prepared, name)
         state[name] = {"src_text": split.src_text, "tgt_text": split.tgt_text,
                        "src": _pack(split.src), "tgt": _pack(split.tgt)}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # runs started together each write their own
     torch.save(state, tmp)
     tmp.replace(path)
 
