@@ -96,6 +96,8 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
     stop = StopRequest()
     try:
         _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, writer, stop)
+        if rt.distributed:
+            dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         stop.restore()
         if writer is not None:
