@@ -305,7 +305,9 @@ COMPATIBLE = ("model", "tokenizer")
 
 
 def _resume_or_start(run_dir: Path, config: Config, prepared: Prepared, model, optimizer, scaler, rt) -> TrainState:
-    found = checkpoint.latest_good(run_dir / "checkpoints", map_location=rt.device)
+    # read on the CPU: load_state_dict moves model and optimizer state to their parameters' device,
+    # and the generator states must stay CPU tensors
+    found = checkpoint.latest_good(run_dir / "checkpoints")
     if found is None:
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
