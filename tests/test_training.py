@@ -121,6 +121,20 @@ def test_truncated_or_foreign_checkpoints_are_reported_and_skipped(tmp_path, cap
         checkpoint.load(text)
 
 
+def test_a_save_interrupted_mid_write_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    path = checkpoint.save({"model": {"w": torch.ones(2)}}, tmp_path / "step_0000001.pt")
+
+    def interrupted(obj, f):  # Ctrl-C while the bytes go to disk
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save({"model": {"w": torch.zeros(2)}}, path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert checkpoint.load(path)["model"]["w"].tolist() == [1.0, 1.0]
+
+
 def test_averaging_is_the_mean_of_the_parameters(tmp_path):
     paths = []
     for step in (1, 2, 3):

@@ -281,8 +281,11 @@ def _save_prepared(prepared: Prepared, path: Path) -> None:
         state[name] = {"src_text": split.src_text, "tgt_text": split.tgt_text,
                        "src": _pack(split.src), "tgt": _pack(split.tgt)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # runs started together each write their own
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only by an interrupted write
 
 
 def _load_prepared(path: Path) -> Prepared:
