@@ -29,13 +29,19 @@ class CheckpointError(RuntimeError):
 
 
 def save(state: dict, path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, flush to disk, then rename: never half a file."""
+    """A checkpoint file: the state with this project's format marker, written atomically."""
+    return write_atomically({"format": FORMAT, **state}, path)
+
+
+def write_atomically(obj, path: str | Path) -> Path:
+    """torch.save to a temporary file in the same folder, flush to disk, then rename: never half a file.
+    The temporary name is per process, so processes writing one path at once do not race."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from . import checkpoint
 from .config import Config, DataConfig, to_plain
 from .tokenizer import Tokenizer
 
@@ -280,12 +281,7 @@ def _save_prepared(prepared: Prepared, path: Path) -> None:
         split = getattr(prepared, name)
         state[name] = {"src_text": split.src_text, "tgt_text": split.tgt_text,
                        "src": _pack(split.src), "tgt": _pack(split.tgt)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # runs started together each write their own
-    try:
-        torch.save(state, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # left only by an interrupted write
+    checkpoint.write_atomically(state, path)  # runs started together may write the same cache
 
 
 def _load_prepared(path: Path) -> Prepared:
