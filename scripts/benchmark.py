@@ -87,7 +87,7 @@ def training_throughput(config, prepared, precision: str, steps: int, warmup: in
     for k, group in enumerate(groups[: warmup + steps]):
         if k == warmup:
             tic = time.perf_counter()
-        stats = train_step(model, optimizer, None, group, prepared.train.src, prepared.train.tgt, state, config, rt)
+        stats = train_step(model, optimizer, None, group, prepared, tgt_lens, state, config, rt)
         state.step += 1
         if k >= warmup:
             tokens += stats["tokens"]

@@ -32,7 +32,6 @@ def test_dotted_overrides():
     (["d_model=3"], ["'d_model'", "section.key"]),
     (["model.n_heads=3"], ["model.d_model", "model.n_heads"]),
     (["train.save_every=0"], ["train.save_every", "at least 1"]),
-    (["tokenizer.dropout=1"], ["tokenizer.dropout", "[0, 1)"]),
 ])
 def test_bad_keys_and_values_are_named(overrides, names):
     with pytest.raises(ConfigError) as error:

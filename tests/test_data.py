@@ -53,19 +53,6 @@ def test_special_ids_are_fixed(prepared):
     assert tok.decode(tok.encode("Ein Mann.") + [EOS] + tok.encode("Hund")) == "Ein Mann."
 
 
-def test_bpe_dropout_resamples_spellings_that_decode_to_the_same_text(prepared):
-    tok, lines = prepared.tokenizer, prepared.valid.tgt_text[:300]
-    usual = tok.encode_batch(lines)
-    sampler = tok.sampler(0.1)
-    first, second = sampler.encode_batch(lines), sampler.encode_batch(lines)
-    assert first != second  # a new spelling each call
-    assert sum(map(len, first)) > 1.05 * sum(map(len, usual))  # fewer merges, more pieces
-    for spelled in (first, second):
-        assert [tok.decode(ids) for ids in spelled] == lines
-        assert all(0 <= i < tok.vocab_size for ids in spelled for i in ids)
-    assert tok.encode_batch(lines) == usual and tok.sampler(0.0).encode_batch(lines) == usual
-
-
 def test_prepare_is_cached(multi30k, cache_dir, prepared):
     start = time.perf_counter()
     again = prepare(load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]), cache_dir)

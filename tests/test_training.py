@@ -201,36 +201,6 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_cor
     assert start["state"]["step"] == 4
 
 
-def test_bpe_dropout_respells_each_epoch_and_keeps_the_usual_ids_of_pairs_past_max_len(small_corpus, tmp_path, monkeypatch):
-    from transformer.data import prepare
-    from transformer.runtime import Runtime
-    from transformer.training import _bpe_dropout
-
-    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
-    prepared = prepare(tiny_config(small_corpus))
-    train_ids = prepared.train
-    sampler = prepared.tokenizer.sampler(0.5)
-    rt = Runtime(torch.device("cpu"), None, "float32")
-    max_len = sorted(len(s) for s in train_ids.src)[len(train_ids) // 2] + 1  # about half the pairs may outgrow it
-    (src, tgt), (again, _) = _bpe_dropout(prepared, sampler, max_len, rt), _bpe_dropout(prepared, sampler, max_len, rt)
-    assert src != again and len(src) == len(tgt) == len(train_ids)
-    kept = [i for i in range(len(src)) if (src[i], tgt[i]) == (train_ids.src[i], train_ids.tgt[i])]
-    assert kept and all(len(src[i]) < max_len and len(tgt[i]) < max_len for i in range(len(src)) if i not in kept)
-    state = train(tiny_config(small_corpus, "train.max_epochs=2", "tokenizer.dropout=0.1"), tmp_path / "run")
-    assert state.epoch == 2
-    assert all(torch.isfinite(torch.tensor(loss)) for loss in logged_losses(tmp_path / "run").values())
-
-
-def test_bpe_dropout_under_ddp_gives_every_rank_the_same_batches(small_corpus, tmp_path):
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "scripts.train", "--run-dir", str(tmp_path / "two"), "--config", "configs/tiny.yaml",
-                          "--data", str(small_corpus), "train.max_steps=4", "train.valid_bleu=false",
-                          "train.max_tokens=400", "train.threads=1", "tokenizer.dropout=0.1"],
-                         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]  # ranks that batched different lengths would hang or fail
-    assert checkpoint.load(tmp_path / "two" / "checkpoints" / "step_0000004.pt")["state"]["step"] == 4
-
-
 def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_checkpoint(small_corpus, tmp_path, monkeypatch, caplog):
     from transformer import training
 

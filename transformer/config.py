@@ -52,7 +52,6 @@ class DataConfig:
 class TokenizerConfig:
     vocab_size: int = 37000  # one joint BPE vocabulary for both languages (Sec. 5.1)
     min_frequency: int = 2
-    dropout: float = 0.0  # BPE-dropout on training pairs, resampled each epoch (Provilkov et al., 2020); not in the paper
 
 
 @dataclass(frozen=True)
@@ -197,8 +196,6 @@ def from_dict(values: dict) -> Config:
     m, t = config.model, config.train
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads} (d_k = d_model / h)")
-    if not 0 <= config.tokenizer.dropout < 1:
-        raise ConfigError(f"tokenizer.dropout is a probability in [0, 1), got {config.tokenizer.dropout}")
     for key in ("max_tokens", "accumulate", "valid_every", "save_every", "log_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")

@@ -219,8 +219,7 @@ def _fingerprint(config: Config, corpus: str | Path) -> str:
     else:
         where = [corpus]
     data = {k: v for k, v in to_plain(config.data.__dict__).items() if k not in ("path", "local_dirs", "test_split")}
-    vocab = {k: v for k, v in to_plain(config.tokenizer.__dict__).items() if k != "dropout"}  # used at training time
-    key = [CACHE_VERSION, tokenizers.__version__, where, data, vocab]
+    key = [CACHE_VERSION, tokenizers.__version__, where, data, to_plain(config.tokenizer.__dict__)]
     return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
 
 

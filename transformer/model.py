@@ -18,7 +18,6 @@ Paper ledger (repeated in the README):
 | Embeddings scaled by sqrt(D) (3.4)             | Transformer.embed                      | faithful  |
 | Sinusoidal positional encoding (3.5)           | sinusoids()                            | faithful; table of `model.max_positions` rows |
 | Dropout on embedding + PE sums, sublayers (5.4)| Transformer.embed, Residual            | faithful; attention / ReLU dropout optional, 0 by default |
-| Joint BPE vocabulary (5.1)                     | transformer/tokenizer.py               | byte-level BPE; BPE-dropout on training pairs optional (`tokenizer.dropout`), 0 by default |
 | Weight initialization                          | Xavier uniform; embeddings N(0, D^-0.5)| not given in the paper |
 | Label smoothing 0.1 (5.4)                      | transformer/loss.py                    | faithful; gradient written out (tested against F.cross_entropy) |
 | Adam 0.9 / 0.98 / 1e-9, warmup schedule (5.3)  | transformer/optim.py                   | faithful; `train.lr_factor` scales it |

@@ -42,13 +42,6 @@ class Tokenizer:
     def to_str(self) -> str:
         return self.hf.to_str()
 
-    def sampler(self, dropout: float) -> "Tokenizer":
-        """A copy that skips each BPE merge with probability `dropout` (BPE-dropout, Provilkov et al.,
-        2020): every call spells a word one of many ways, from the same vocabulary. For training only."""
-        hf = HFTokenizer.from_str(self.to_str())
-        hf.model.dropout = dropout
-        return Tokenizer(hf)
-
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()

@@ -110,7 +110,6 @@ def _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, w
     cfg = config.train
     src_lens = [len(s) for s in prepared.train.src]
     tgt_lens = [len(t) for t in prepared.train.tgt]
-    sampler = prepared.tokenizer.sampler(config.tokenizer.dropout) if config.tokenizer.dropout else None
     per_step = rt.world_size * cfg.accumulate
     session_start = last_save = time.perf_counter()
     seconds_before = state.seconds
@@ -123,15 +122,11 @@ def _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, w
     bar = _progress(cfg, state, rt)
     reason = None
     while reason is None:
-        src, tgt = prepared.train.src, prepared.train.tgt
-        if sampler is not None:
-            src, tgt = _bpe_dropout(prepared, sampler, config.data.max_len, rt)
-            src_lens, tgt_lens = [len(s) for s in src], [len(t) for t in tgt]
         batches = shard(make_batches(src_lens, tgt_lens, cfg.max_tokens, seed=cfg.seed + state.epoch), rt.world_size)
         groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
         for group in groups[state.epoch_step :]:
             tic = time.perf_counter()
-            stats = train_step(net, optimizer, scaler, group, src, tgt, state, config, rt)
+            stats = train_step(net, optimizer, scaler, group, prepared, tgt_lens, state, config, rt)
             state.epoch_step += 1
             if state.epoch_step == len(groups):
                 state.epoch, state.epoch_step = state.epoch + 1, 0
@@ -177,17 +172,17 @@ def _loop(config, run_dir, rt, prepared, model, net, optimizer, scaler, state, w
                             f"train.warmup_steps or use train.precision=float32, then resume")
 
 
-def train_step(net, optimizer, scaler, group, src: list[list[int]], tgt: list[list[int]], state: TrainState,
-               config: Config, rt: runtime.Runtime) -> dict:
-    """One optimizer step over this rank's micro-batches of `group` (indices into the training pairs
-    `src`, `tgt`); returns the step's global sums."""
+def train_step(net, optimizer, scaler, group, prepared: Prepared, tgt_lens, state: TrainState, config: Config,
+               rt: runtime.Runtime) -> dict:
+    """One optimizer step over this rank's micro-batches of `group`; returns the step's global sums."""
     cfg = config.train
     net.train()
-    step_tgt_tokens = sum(len(tgt[i]) + 1 for batch in group for i in batch)  # every rank knows them all
+    step_tgt_tokens = sum(tgt_lens[i] + 1 for batch in group for i in batch)  # every rank knows them all
     mine = group[rt.rank :: rt.world_size]
     sums = torch.zeros(3, dtype=torch.float64)  # smoothed loss, NLL, source + target tokens
     for k, indices in enumerate(mine):
-        batch = collate([src[i] for i in indices], [tgt[i] for i in indices], indices).to(rt.device)
+        batch = collate([prepared.train.src[i] for i in indices], [prepared.train.tgt[i] for i in indices],
+                        indices).to(rt.device)
         last = k == len(mine) - 1
         sync = contextlib.nullcontext() if last or not rt.distributed else net.no_sync()
         with sync:
@@ -304,22 +299,6 @@ def _prepare(config: Config, rt: runtime.Runtime) -> Prepared:
     if rt.distributed and rt.is_main:
         dist.barrier()
     return prepared
-
-
-def _bpe_dropout(prepared: Prepared, sampler, max_len: int, rt) -> tuple[list[list[int]], list[list[int]]]:
-    """This epoch's spelling of the training pairs under BPE-dropout: sampled on rank 0 and sent to the
-    others, so every rank batches the same lengths. A pair spelled past data.max_len keeps its usual ids."""
-    train = prepared.train
-    box = [None]
-    if rt.is_main:
-        src, tgt = sampler.encode_batch(train.src_text), sampler.encode_batch(train.tgt_text)
-        for i in range(len(train)):
-            if len(src[i]) >= max_len or len(tgt[i]) >= max_len:
-                src[i], tgt[i] = train.src[i], train.tgt[i]
-        box = [(src, tgt)]
-    if rt.distributed:
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 COMPATIBLE = ("model", "tokenizer")
