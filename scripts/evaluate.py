@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     print(f"  chrF2 = {result['chrf']['score']:.2f}\n    signature: {result['chrf']['signature']}")
     print(f"  lower-cased tokenized BLEU (the number most Multi30k papers report) = {result['bleu_lc']['score']:.2f}"
           f"\n    signature: {result['bleu_lc']['signature']}")
+    if translator.tokenizer.lowercase:
+        print("  (trained with tokenizer.lowercase: the outputs are lower-case, so only the lower-cased BLEU compares)")
     run_dir = Path(args.run_dir)
     (run_dir / "hyps").mkdir(parents=True, exist_ok=True)
     (run_dir / "hyps" / f"{name}.{data.tgt_lang}.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")

@@ -52,6 +52,7 @@ class DataConfig:
 class TokenizerConfig:
     vocab_size: int = 37000  # one joint BPE vocabulary for both languages (Sec. 5.1)
     min_frequency: int = 2
+    lowercase: bool = False  # lower-case all text before BPE, as most Multi30k papers train; outputs are lower-case
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,7 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
     log.info(f"data: {corpus} ({cfg.src_lang} -> {cfg.tgt_lang})")
     train, valid = read_split(cfg, cfg.train_split, corpus), read_split(cfg, cfg.valid_split, corpus)
     tokenizer = Tokenizer.train(train.src_text + train.tgt_text, config.tokenizer.vocab_size,
-                                config.tokenizer.min_frequency)
+                                config.tokenizer.min_frequency, config.tokenizer.lowercase)
     for split in (train, valid):
         split.src, split.tgt = tokenizer.encode_batch(split.src_text), tokenizer.encode_batch(split.tgt_text)
     # Over-long training pairs are dropped.

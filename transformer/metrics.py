@@ -15,9 +15,9 @@ def _check(hyps: list[str], refs: list[str]) -> None:
         raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references: the counts must match")
 
 
-def bleu(hyps: list[str], refs: list[str]) -> float:
+def bleu(hyps: list[str], refs: list[str], lowercase: bool = False) -> float:
     _check(hyps, refs)
-    return BLEU().corpus_score(hyps, [refs]).score
+    return BLEU(lowercase=lowercase).corpus_score(hyps, [refs]).score
 
 
 def scores(hyps: list[str], refs: list[str]) -> dict:

@@ -8,7 +8,7 @@ characters never seen in training (emoji, CJK): they are spelled in bytes instea
 from __future__ import annotations
 
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # fixed ids 0..3
@@ -21,8 +21,10 @@ class Tokenizer:
         self.hf = hf
 
     @classmethod
-    def train(cls, texts, vocab_size: int, min_frequency: int = 2) -> "Tokenizer":
+    def train(cls, texts, vocab_size: int, min_frequency: int = 2, lowercase: bool = False) -> "Tokenizer":
         hf = HFTokenizer(models.BPE(unk_token="<unk>"))
+        if lowercase:  # part of the saved tokenizer, so whatever it encodes later is lower-cased too
+            hf.normalizer = normalizers.Lowercase()
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
@@ -41,6 +43,10 @@ class Tokenizer:
 
     def to_str(self) -> str:
         return self.hf.to_str()
+
+    @property
+    def lowercase(self) -> bool:
+        return isinstance(self.hf.normalizer, normalizers.Lowercase)
 
     @property
     def vocab_size(self) -> int:

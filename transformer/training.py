@@ -234,7 +234,7 @@ def validate(model: Transformer, prepared: Prepared, config: Config, rt: runtime
         translator = Translator(model, prepared.tokenizer, config)
         hyps = translator.translate_ids(valid.src, beam_size=1)
         out["hyps"] = [prepared.tokenizer.decode(h[0].tokens) if h else "" for h in hyps]
-        out["bleu"] = bleu(out["hyps"], valid.tgt_text)
+        out["bleu"] = bleu(out["hyps"], valid.tgt_text, lowercase=prepared.tokenizer.lowercase)
     return out
 
 
