@@ -53,7 +53,6 @@ def test_special_ids_are_fixed(prepared):
     assert tok.decode(tok.encode("Ein Mann.") + [EOS] + tok.encode("Hund")) == "Ein Mann."
 
 
-
 def test_lowercase_option_is_part_of_the_saved_tokenizer(multi30k):
     cfg = load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]).data
     val = read_split(cfg, "val")
@@ -62,6 +61,7 @@ def test_lowercase_option_is_part_of_the_saved_tokenizer(multi30k):
     assert saved.lowercase and not Tokenizer.train(val.src_text, 500).lowercase
     assert saved.encode("Ein Mann im T-Shirt.") == saved.encode("ein mann im t-shirt.")
     assert saved.decode(saved.encode("Ein Mann im T-Shirt.")) == "ein mann im t-shirt."
+
 
 def test_prepare_is_cached(multi30k, cache_dir, prepared):
     start = time.perf_counter()
