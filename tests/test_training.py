@@ -1,6 +1,7 @@
 """The recipe (schedule, loss), checkpoints, resume, signals and data parallelism."""
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import ROOT
-from transformer import checkpoint
+from transformer import checkpoint, runtime
 from transformer.config import load_config
 from transformer.loss import label_smoothed_loss
 from transformer.optim import lr_at
@@ -26,6 +27,11 @@ def test_learning_rate_is_the_paper_formula_and_peaks_at_warmup():
     rates = [lr_at(s, d_model, warmup) for s in range(1, 20000)]
     assert max(range(len(rates)), key=rates.__getitem__) + 1 == warmup
     assert lr_at(100, 256, 50, factor=2.0) == pytest.approx(2 * lr_at(100, 256, 50))
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning is glibc's")
+def test_freed_memory_is_kept_where_glibc_allows_it():
+    assert runtime.keep_freed_memory()  # mallopt accepted both settings
 
 
 def test_loss_without_smoothing_is_cross_entropy_ignoring_padding():

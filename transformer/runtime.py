@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,25 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default every block over 32 MB (the (B, T, V) logits and their gradient, each step) is a fresh
+    mmap that the kernel must zero page by page, and freed heap tops are trimmed: on a 2-core CPU a
+    third of a training step went to those page faults. Kept and reused instead, the training step
+    runs ~1.5x faster there (`make bench` measures it) for ~1.5 GB more resident memory.
+    Linux with glibc only; elsewhere a no-op returning False.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from <malloc.h>
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype | None, str]:
     if requested == "float32":
         return None, "asked for float32"
@@ -72,7 +93,7 @@ def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype 
 
 
 def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
-    """Join the process group when run under torchrun, pick device, threads and precision, seed."""
+    """Join the process group when run under torchrun, pick device, threads, malloc, precision, seed."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
@@ -86,6 +107,7 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
     else:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
+        keep_freed_memory()
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
