@@ -3,13 +3,11 @@
     python -m scripts.benchmark [--config configs/multi30k.yaml] [--ckpt FILE] [--steps 20] [--json FILE]
 
 Measures: the matmul peak (float32, bfloat16); training throughput in source + target tokens/s
-and achieved GFLOP/s for float32 and bf16 autocast, through the real training step (on the CPU also
-bf16 with glibc's default malloc, to show what runtime.keep_freed_memory gains); peak memory;
+and achieved GFLOP/s for float32 and bf16 autocast, through the real training step; peak memory;
 data preparation time (from scratch and cached); decoding sentences/s on the test split for
 greedy and beam 4, with and without the key/value cache. Machine and library versions included.
 """
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -76,12 +74,9 @@ def data_preparation(config) -> dict:
     return {"from_scratch_s": round(fresh, 2), "cached_s": round(cached, 2)}
 
 
-def training_throughput(config, prepared, precision: str, steps: int, warmup: int = 3,
-                        keep_memory: bool = True) -> dict:
+def training_throughput(config, prepared, precision: str, steps: int, warmup: int = 3) -> dict:
     """Tokens/s and GFLOP/s of the real training step, on the first epoch's batches."""
     rt = runtime.setup(replace(config.train, precision=precision))
-    if not keep_memory:
-        glibc_malloc_defaults()
     model = Transformer(config.model, prepared.tokenizer.vocab_size)
     optimizer = make_optimizer(model, config.train)
     src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
@@ -99,20 +94,8 @@ def training_throughput(config, prepared, precision: str, steps: int, warmup: in
             flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, src_lens[i] + 1, tgt_lens[i] + 1)
                          for batch in group for i in batch)
     seconds = time.perf_counter() - tic
-    return {"precision": rt.precision, "malloc": "kept" if keep_memory else "glibc default",
-            "steps": steps, "tokens_per_s": round(tokens / seconds),
+    return {"precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
             "gflops": round(flops / seconds / 1e9, 1), "peak_rss_gib": round(peak_rss_gib(), 2)}
-
-
-def glibc_malloc_defaults() -> None:
-    """Undo runtime.keep_freed_memory: glibc's settings once its dynamic mmap threshold has risen to
-    its 32 MiB maximum (blocks above it, like the logits, are mmapped; a free heap top over 64 MiB is
-    trimmed). Measured after the other rows, so with every cache warm: the comparison favours glibc."""
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # from <malloc.h>
-    libc.mallopt(M_MMAP_MAX, 65536)
-    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
-    libc.mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
 
 
 def peak_rss_gib() -> float:
@@ -150,11 +133,6 @@ def main(argv=None) -> int:
     report["data_preparation"]["padding_fraction"] = round(
         padding_fraction(make_batches(src_lens, tgt_lens, config.train.max_tokens, seed=1), src_lens, tgt_lens), 4)
     report["training"] = [training_throughput(config, prepared, p, args.steps) for p in ("float32", "bfloat16")]
-    if not torch.cuda.is_available() and platform.libc_ver()[0] == "glibc":  # what glibc's defaults would cost
-        default = training_throughput(config, prepared, "bfloat16", args.steps, keep_memory=False)
-        default["kept_speedup"] = round(report["training"][1]["tokens_per_s"] / default["tokens_per_s"], 2)
-        report["training"].append(default)
-        runtime.keep_freed_memory()
     for row in report["training"]:
         row["fraction_of_peak"] = round(row["gflops"] / report["matmul_peak_gflops"][row["precision"]], 3)
 
@@ -193,11 +171,10 @@ def table(r: dict) -> str:
              f"matmul    float32 {peak['float32']} GFLOP/s | bfloat16 {peak['bfloat16']} GFLOP/s (1024 x 1024)",
              f"data      from scratch {r['data_preparation']['from_scratch_s']} s | cached {r['data_preparation']['cached_s']} s"
              f" | padding {r['data_preparation']['padding_fraction']:.1%} of batch tokens",
-             "", "training  precision  malloc         tokens/s (src+tgt)  GFLOP/s  of peak  peak RSS"]
+             "", "training  precision  tokens/s (src+tgt)  GFLOP/s  of peak  peak RSS"]
     for t in r["training"]:
-        lines.append(f"          {t['precision']:<9}  {t['malloc']:<13}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}"
-                     f"  {t['fraction_of_peak']:>7.0%}  {t['peak_rss_gib']} GiB"
-                     + (f"  (freed memory kept: {t['kept_speedup']}x)" if "kept_speedup" in t else ""))
+        lines.append(f"          {t['precision']:<9}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}  {t['fraction_of_peak']:>7.0%}"
+                     f"  {t['peak_rss_gib']} GiB")
     lines += ["", f"decoding  ({r['decoding_checkpoint']})", "          beam  cache  sentences  sent/s  out tok/s  cache speedup"]
     for d in r["decoding"]:
         lines.append(f"          {d['beam']:>4}  {'yes' if d['cache'] else 'no':>5}  {d['sentences']:>9}  {d['sentences_per_s']:>6}"

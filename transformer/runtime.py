@@ -60,8 +60,8 @@ def keep_freed_memory() -> bool:
 
     By default every block over 32 MB (the (B, T, V) logits and their gradient, each step) is a fresh
     mmap that the kernel must zero page by page, and freed heap tops are trimmed: on a 2-core CPU a
-    third of a training step went to those page faults. Kept and reused instead, the training step
-    runs ~1.5x faster there (`make bench` measures it) for ~1.5 GB more resident memory.
+    quarter to a third of a training step went to those page faults. Kept and reused instead, the
+    training step runs 1.2-1.45x faster there, for up to ~1.5 GB more resident memory.
     Linux with glibc only; elsewhere a no-op returning False.
     """
     if not sys.platform.startswith("linux"):
