@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from tests.conftest import ROOT
 from transformer import checkpoint, runtime
-from transformer.config import load_config
+from transformer.config import TrainConfig, load_config
 from transformer.loss import label_smoothed_loss
 from transformer.optim import lr_at
 from transformer.training import train
@@ -32,6 +32,8 @@ def test_learning_rate_is_the_paper_formula_and_peaks_at_warmup():
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning is glibc's")
 def test_freed_memory_is_kept_where_glibc_allows_it():
     assert runtime.keep_freed_memory()  # mallopt accepted both settings
+    rt = runtime.setup(TrainConfig(), "cpu")
+    assert rt.keeps_freed_memory and "malloc keeps freed memory" in rt.describe()  # and the run log says so
 
 
 def test_loss_without_smoothing_is_cross_entropy_ignoring_padding():

@@ -22,6 +22,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    keeps_freed_memory: bool = False  # glibc malloc tuned by keep_freed_memory()
 
     @property
     def is_main(self) -> bool:
@@ -43,7 +44,8 @@ class Runtime:
     def describe(self) -> str:
         where = f"{self.device}" + (f", rank {self.rank} of {self.world_size}" if self.distributed else "")
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
-        return f"runtime: {where}{threads}, {self.precision} ({self.reason})"
+        malloc = ", malloc keeps freed memory" if self.keeps_freed_memory else ""
+        return f"runtime: {where}{threads}{malloc}, {self.precision} ({self.reason})"
 
 
 def cpu_has_bf16() -> bool:
@@ -99,6 +101,7 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    kept = False
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)  # plain "cuda": this rank's GPU
         torch.cuda.set_device(dev)
@@ -107,12 +110,12 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
     else:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
-        keep_freed_memory()
+        kept = keep_freed_memory()
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
     dtype, reason = choose_precision(cfg.precision, dev)
-    return Runtime(dev, dtype, reason, rank, world_size, local_rank)
+    return Runtime(dev, dtype, reason, rank, world_size, local_rank, kept)
 
 
 def rng_state() -> dict:
