@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -102,6 +103,9 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
         stop.restore()
         if writer is not None:
             writer.close()
+        if rt.distributed:  # DDP sits in a reference cycle: free it now, not in a Gloo/NCCL teardown at exit
+            del net
+            gc.collect()
         runtime.teardown()
     return state
 
