@@ -125,6 +125,15 @@ def test_misaligned_corpus_names_both_files(tmp_path):
     assert "train.de" in message and "train.en" in message and "2" in message and "1" in message
 
 
+def test_missing_split_lists_the_splits_there(tmp_path):
+    folder = write_corpus(tmp_path / "c", {"train": [("a", "b")], "test_2016.flickr": [("c", "d")]})
+    (folder / "val.de").write_text("a source side only\n")
+    cfg = load_config(None, [f"data.path={folder}"]).data
+    with pytest.raises(DataError) as error:
+        read_split(cfg, "test")
+    assert str(error.value).endswith("the splits there are: test_2016.flickr, train")
+
+
 def test_missing_folder_names_it_and_the_fix(tmp_path):
     cfg = load_config(None, [f"data.path={tmp_path / 'nowhere'}"]).data
     with pytest.raises(DataError, match="nowhere"):

@@ -66,6 +66,14 @@ def _local_layout(folder: Path, split: str, cfg: DataConfig):
     return None
 
 
+def _local_splits(folder: Path, cfg: DataConfig) -> list[str]:
+    """Names of the splits `folder` holds for this language pair, for error messages."""
+    suffixes = [f".{cfg.src_lang}", f".{cfg.src_lang}.gz", ".jsonl", ".json", ".tsv", ".tsv.gz"]
+    names = {path.name.removesuffix(suffix) for path in folder.iterdir() for suffix in suffixes
+             if path.name.endswith(suffix)}
+    return sorted(name for name in names if _local_layout(folder, name, cfg) is not None)
+
+
 def find_corpus(cfg: DataConfig) -> str | Path:
     """A local folder holding the training split, or the hub id; DataError when neither is usable."""
     if cfg.path:
@@ -155,7 +163,8 @@ def _read_local(folder: Path, split: str, cfg: DataConfig) -> tuple[list[str], l
 
     layout = _local_layout(folder, split, cfg)
     if layout is None:
-        raise DataError(f"split '{split}' not found in {folder} for {cfg.src_lang}-{cfg.tgt_lang}")
+        raise DataError(f"split '{split}' not found in {folder} for {cfg.src_lang}-{cfg.tgt_lang}; the splits "
+                        f"there are: {', '.join(_local_splits(folder, cfg)) or '(none)'}")
     kind, files = layout
     if kind == "text":
         lines = {}
