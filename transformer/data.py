@@ -51,6 +51,9 @@ class ParallelText:
 
 # ---------------------------------------------------------------------------- finding the corpus
 
+TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".tsv": "tsv", ".tsv.gz": "tsv"}  # one file, both sides
+
+
 def _local_layout(folder: Path, split: str, cfg: DataConfig):
     """The files of `split` in `folder`, as (format, files), or None when the split is not there."""
     per_lang = {}
@@ -60,7 +63,7 @@ def _local_layout(folder: Path, split: str, cfg: DataConfig):
                 per_lang[lang] = folder / name
     if len(per_lang) == 2:
         return "text", per_lang
-    for suffix, kind in ((".jsonl", "json"), (".json", "json"), (".tsv", "tsv"), (".tsv.gz", "tsv")):
+    for suffix, kind in TABLE_SUFFIXES.items():
         if (folder / f"{split}{suffix}").is_file():
             return kind, {"both": folder / f"{split}{suffix}"}
     return None
@@ -68,7 +71,7 @@ def _local_layout(folder: Path, split: str, cfg: DataConfig):
 
 def _local_splits(folder: Path, cfg: DataConfig) -> list[str]:
     """Names of the splits `folder` holds for this language pair, for error messages."""
-    suffixes = [f".{cfg.src_lang}", f".{cfg.src_lang}.gz", ".jsonl", ".json", ".tsv", ".tsv.gz"]
+    suffixes = [f".{cfg.src_lang}", f".{cfg.src_lang}.gz", *TABLE_SUFFIXES]
     names = {path.name.removesuffix(suffix) for path in folder.iterdir() for suffix in suffixes
              if path.name.endswith(suffix)}
     return sorted(name for name in names if _local_layout(folder, name, cfg) is not None)
