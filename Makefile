@@ -11,13 +11,14 @@ NPROC    ?= 1
 CKPT     ?=
 SPLIT    ?= test_2016_flickr
 SENTENCE ?=
+OUT      ?=
 PORT     ?= 6006
 export SENTENCE
 
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: help install test train translate evaluate average tensorboard summary bench clean
+.PHONY: help install test train translate evaluate average distill tensorboard summary bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +42,9 @@ evaluate:  ## BLEU and chrF of RUN on SPLIT (default test_2016_flickr); ARGS="de
 
 average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1)
 	$(PYTHON) -m scripts.average --run-dir $(RUN)
+
+distill:  ## translate RUN's training sources into a corpus for a student (OUT=, default RUN/distilled)
+	$(PYTHON) -m scripts.distill $(CHECKPOINT) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 tensorboard:  ## serve the TensorBoard logs under runs/
 	$(PYTHON) -m tensorboard.main --logdir runs --port $(PORT)

@@ -97,3 +97,25 @@ def test_evaluate_and_average(trained, multi30k):
     assert averaged["averaged"] == ["step_0000020.pt", "step_0000040.pt", "step_0000060.pt"]
     out = make("translate", f"RUN={run}", "SENTENCE=Zwei Hunde.", env=env)  # avg.pt is now the default
     assert len(out.stdout.decode().splitlines()) == 1
+
+
+def test_distill_writes_an_aligned_corpus_and_resumes_exactly(trained, small_corpus, tmp_path):
+    run, env = trained
+    out = tmp_path / "distilled"
+    make("distill", f"RUN={run}", f"DATA={small_corpus}", f"OUT={out}", "ARGS=--chunk 200", env=env)
+    sources = (small_corpus / "train.de").read_text(encoding="utf-8").splitlines()
+    assert (out / "train.de").read_text(encoding="utf-8").splitlines() == sources
+    targets = (out / "train.en").read_text(encoding="utf-8").split("\n")
+    assert targets[-1] == "" and len(targets) - 1 == len(sources)
+    for split in ("val", "test_2016_flickr"):  # kept as they are: the student is scored on real references
+        for lang in ("de", "en"):
+            assert (out / f"{split}.{lang}").read_text() == (small_corpus / f"{split}.{lang}").read_text()
+    first = make("translate", f"RUN={run}", stdin="\n".join(sources[:200]).encode(), env=env)  # the first chunk
+    assert first.stdout.decode().split("\n")[:200] == targets[:200]  # the teacher's translations, as translate gives
+    # Stopped after two chunks, halfway through writing a line: resuming gives the same file.
+    (out / "train.en").unlink()
+    (out / ".train.en.partial").write_text("\n".join(targets[:400]) + "\n" + targets[400][:3], encoding="utf-8")
+    resumed = make("distill", f"RUN={run}", f"DATA={small_corpus}", f"OUT={out}", "ARGS=--chunk 200", env=env)
+    assert b"resuming at line 401" in resumed.stderr
+    assert (out / "train.en").read_text(encoding="utf-8").split("\n") == targets
+    assert not (out / ".train.en.partial").exists()
