@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scripts.cli import add_decode_overrides, run
 from transformer import checkpoint
-from transformer.data import read_split
+from transformer.data import find_corpus, read_split
 from transformer.translation import Translator
 
 log = logging.getLogger("distill")
@@ -50,13 +50,17 @@ def main(argv=None) -> int:
     if args.data:
         data = replace(data, path=args.data)
     out = Path(args.out or Path(args.run_dir) / "distilled")
+    corpus = find_corpus(data)
+    if isinstance(corpus, Path) and out.resolve() == corpus.resolve():
+        raise ValueError(f"--out {out} is the corpus being distilled; its files would be overwritten. "
+                         f"Pick another folder (OUT=)")
     out.mkdir(parents=True, exist_ok=True)
     src, tgt = data.src_lang, data.tgt_lang
     for split in (data.valid_split, data.test_split):
-        pairs = read_split(data, split)
+        pairs = read_split(data, split, corpus)
         write_lines(out / f"{split}.{src}", pairs.src_text)
         write_lines(out / f"{split}.{tgt}", pairs.tgt_text)
-    train = read_split(data, data.train_split)
+    train = read_split(data, data.train_split, corpus)
     target, partial = out / f"{data.train_split}.{tgt}", out / f".{data.train_split}.{tgt}.partial"
     if target.is_file() and target.read_text(encoding="utf-8").count("\n") == len(train):
         log.info(f"{target} is complete ({len(train):,} lines); delete it to distill again")

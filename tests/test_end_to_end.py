@@ -119,3 +119,7 @@ def test_distill_writes_an_aligned_corpus_and_resumes_exactly(trained, small_cor
     assert b"resuming at line 401" in resumed.stderr
     assert (out / "train.en").read_text(encoding="utf-8").split("\n") == targets
     assert not (out / ".train.en.partial").exists()
+    before = {p.name: p.read_bytes() for p in small_corpus.iterdir()}
+    refused = make("distill", f"RUN={run}", f"DATA={small_corpus}", f"OUT={small_corpus}", env=env, check=False)
+    assert refused.returncode != 0 and b"would be overwritten" in refused.stderr and b"Traceback" not in refused.stderr
+    assert {p.name: p.read_bytes() for p in small_corpus.iterdir()} == before
