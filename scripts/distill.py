@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scripts.cli import add_decode_overrides, run
 from transformer import checkpoint
-from transformer.data import find_corpus, read_split
+from transformer.data import DataError, find_corpus, read_split
 from transformer.translation import Translator
 
 log = logging.getLogger("distill")
@@ -57,7 +57,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     src, tgt = data.src_lang, data.tgt_lang
     for split in (data.valid_split, data.test_split):
-        pairs = read_split(data, split, corpus)
+        try:
+            pairs = read_split(data, split, corpus)
+        except DataError:
+            if split == data.valid_split:  # training needs it; a test split is optional
+                raise
+            log.info(f"no {split} split in {corpus}; the distilled corpus has none either")
+            continue
         write_lines(out / f"{split}.{src}", pairs.src_text)
         write_lines(out / f"{split}.{tgt}", pairs.tgt_text)
     train = read_split(data, data.train_split, corpus)
@@ -69,6 +75,9 @@ def main(argv=None) -> int:
     kept = kept[: kept.rfind("\n") + 1]  # a line cut off by a kill is translated again
     partial.write_text(kept, encoding="utf-8")
     done = kept.count("\n")
+    if done > len(train):
+        raise ValueError(f"{partial} has {done} lines but {data.train_split} has {len(train)}: it belongs to "
+                         f"another corpus; delete it")
     decode = translator.config.decode
     log.info(f"distilling {len(train):,} {data.train_split} sentences ({src} -> {tgt}) with {path}, beam "
              f"{decode.beam_size}, length penalty {decode.length_penalty}" + (f"; resuming at line {done + 1}" if done else ""))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from scripts.summary import summarize
 from transformer.config import ModelConfig, load_config
-from transformer.model import MultiHeadAttention, Transformer, sinusoids
+from transformer.model import Dropout, MultiHeadAttention, Transformer, sinusoids
 
 V = 50
 
@@ -48,6 +48,24 @@ def test_source_padding_changes_nothing(norm):
     torch.testing.assert_close(model(padded, pad_mask, tgt), logits, atol=1e-5, rtol=1e-5)
     # and the mask matters: unmasked padding tokens do change the output
     assert not torch.allclose(model(padded, torch.zeros_like(pad_mask), tgt), logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_1_minus_p_scaled_as_f_dropout_does(dtype):
+    p, drop = 0.3, Dropout(0.3)
+    x = (torch.rand(1001, 997) + 0.5).to(dtype).requires_grad_()  # an odd element count, no zeros
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.002
+    scale = torch.ones((), dtype=dtype).div_(1 - p)  # F.dropout's noise: Bernoulli(1 - p) / (1 - p), in x's dtype
+    assert torch.equal(y[kept], x.detach()[kept] * scale)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, kept.to(dtype) * scale)  # the gradient passes the same mask
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)  # seeded: the run-level seed fixes every mask
+    assert not torch.equal(drop(x) != 0, kept)
+    assert drop.eval()(x) is x and Dropout(0.0)(x) is x
 
 
 def test_multi_head_attention_equals_the_formula():
