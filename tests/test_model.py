@@ -58,6 +58,9 @@ def test_dropout_keeps_1_minus_p_scaled_as_f_dropout_does(dtype):
     y = drop(x)
     kept = y != 0
     assert abs(kept.float().mean().item() - (1 - p)) < 0.002
+    flat = kept.flatten()
+    for lag in (1, 2, 3, 4):  # neighbours share a 64-bit draw: they must still be independent
+        assert abs((flat[:-lag] & flat[lag:]).float().mean().item() - (1 - p) ** 2) < 0.002
     scale = torch.ones((), dtype=dtype).div_(1 - p)  # F.dropout's noise: Bernoulli(1 - p) / (1 - p), in x's dtype
     assert torch.equal(y[kept], x.detach()[kept] * scale)
     y.backward(torch.ones_like(y))
