@@ -10,10 +10,22 @@ from transformer.data import DataError
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError)
 
 
-def add_decode_overrides(parser) -> None:
-    """Translation-time settings: `decode.*` overrides on top of the checkpoint's config."""
+def add_translator_arguments(parser) -> None:
+    """Which checkpoint translates, on which device, with which `decode.*` overrides of its config."""
+    parser.add_argument("--run-dir", default="runs/multi30k", help="run whose avg.pt, best.pt or newest step is used")
+    parser.add_argument("--ckpt", help="a checkpoint file (overrides --run-dir)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     parser.add_argument("overrides", nargs="*", help="decode settings, e.g. decode.beam_size=1 (greedy) "
                                                      "decode.length_penalty=1.0 (default: the checkpoint's)")
+
+
+def load_translator(args):
+    """(checkpoint path, Translator) for arguments from add_translator_arguments."""
+    from transformer.checkpoint import find_for_inference
+    from transformer.translation import Translator
+
+    path = find_for_inference(args.run_dir, args.ckpt)
+    return path, Translator.from_checkpoint(path, args.device, args.overrides)
 
 
 def setup_logging() -> None:

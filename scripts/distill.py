@@ -16,10 +16,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from scripts.cli import add_decode_overrides, run
-from transformer import checkpoint
+from scripts.cli import add_translator_arguments, load_translator, run
 from transformer.data import DataError, find_corpus, read_split
-from transformer.translation import Translator
 
 log = logging.getLogger("distill")
 
@@ -36,16 +34,12 @@ def one_line(text: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/multi30k", help="the teacher run (its avg.pt, best.pt or newest step)")
-    parser.add_argument("--ckpt", help="a teacher checkpoint file (overrides --run-dir)")
     parser.add_argument("--out", help="corpus folder to write (default: <run-dir>/distilled)")
     parser.add_argument("--data", help="local corpus folder (default: the one the teacher was trained on)")
     parser.add_argument("--chunk", type=int, default=1000, help="sentences translated between appends to the output")
-    add_decode_overrides(parser)
-    parser.add_argument("--device")
+    add_translator_arguments(parser)
     args = parser.parse_args(argv)
-    path = checkpoint.find_for_inference(args.run_dir, args.ckpt)
-    translator = Translator.from_checkpoint(path, args.device, args.overrides)
+    path, translator = load_translator(args)
     data = translator.config.data
     if args.data:
         data = replace(data, path=args.data)

@@ -12,31 +12,25 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from scripts.cli import add_decode_overrides, run
+from scripts.cli import add_translator_arguments, load_translator, run
 from scripts.translate import read_lines
-from transformer import checkpoint
 from transformer.data import read_split
 from transformer.metrics import scores
-from transformer.translation import Translator
 
 log = logging.getLogger("evaluate")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/multi30k")
-    parser.add_argument("--ckpt", help="a checkpoint file (default: the run's avg.pt, best.pt or newest step)")
     parser.add_argument("--split", default="test_2016_flickr")
     parser.add_argument("--data", help="local corpus folder (default: the one the run was trained on)")
     parser.add_argument("--src", help="source file to translate instead of a split (needs --ref)")
     parser.add_argument("--ref", help="reference translations of --src, one per line")
-    add_decode_overrides(parser)
-    parser.add_argument("--device")
+    add_translator_arguments(parser)
     args = parser.parse_args(argv)
     if bool(args.src) != bool(args.ref):
         parser.error("--src and --ref go together")
-    path = checkpoint.find_for_inference(args.run_dir, args.ckpt)
-    translator = Translator.from_checkpoint(path, args.device, args.overrides)
+    path, translator = load_translator(args)
     data = translator.config.data
     if args.src:
         name = Path(args.src).name

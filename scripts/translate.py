@@ -9,8 +9,7 @@ import argparse
 import logging
 import sys
 
-from scripts.cli import add_decode_overrides, run
-from transformer.checkpoint import find_for_inference
+from scripts.cli import add_translator_arguments, load_translator, run
 from transformer.translation import Translator
 
 log = logging.getLogger("translate")
@@ -51,15 +50,12 @@ def interactive(translator: Translator) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/multi30k", help="run whose avg.pt, best.pt or newest step is used")
-    parser.add_argument("--ckpt", help="a checkpoint file (overrides --run-dir)")
     parser.add_argument("--sentence", help="translate this sentence and exit")
     parser.add_argument("--input", help="file to translate (default: standard input)")
     parser.add_argument("--output", help="file to write (default: standard output)")
-    add_decode_overrides(parser)
-    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    add_translator_arguments(parser)
     args = parser.parse_args(argv)
-    translator = Translator.from_checkpoint(find_for_inference(args.run_dir, args.ckpt), args.device, args.overrides)
+    _, translator = load_translator(args)
     if args.sentence is not None:
         print(translator.translate([args.sentence])[0])
         return 0
