@@ -14,6 +14,15 @@ SENTENCE ?=
 OUT      ?=
 PORT     ?= 6006
 export SENTENCE
+# tcmalloc, where installed (Debian / Ubuntu: apt install libtcmalloc-minimal4), serves torch's CPU
+# tensors from per-size free lists: glibc's lists grow with every step's differently shaped tensors
+# until malloc slows a long CPU run down. TCMALLOC= (empty) keeps glibc.
+TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+              /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
+ifneq ($(TCMALLOC),)
+export LD_PRELOAD := $(TCMALLOC)
+export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD := 1099511627776
+endif
 
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
