@@ -31,32 +31,35 @@ def test_learning_rate_is_the_paper_formula_and_peaks_at_warmup():
 
 
 TCMALLOC = next(iter(glob.glob("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4") + glob.glob("/usr/lib64/libtcmalloc_minimal.so.4")), None)
+WITHOUT_PRELOAD = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TCMALLOC")}
 
 
-def runtime_line(preload: str | None) -> str:
+def runtime_line(preload: str = "") -> str:
     """The run log's runtime line from a fresh CPU process, with LD_PRELOAD set to `preload` or unset."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | ({"LD_PRELOAD": preload} if preload else {})
+    env = WITHOUT_PRELOAD | ({"LD_PRELOAD": preload} if preload else {})
     code = "from transformer import runtime, config; print(runtime.setup(config.TrainConfig(), 'cpu').describe())"
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=True, timeout=120).stdout
 
 
+def preload_under_make(*args: str) -> str:
+    """The LD_PRELOAD that `make` gives its commands."""
+    return subprocess.run(["make", "-s", *args, "--eval=preload: ; @echo $$LD_PRELOAD", "preload"], cwd=ROOT,
+                          env=WITHOUT_PRELOAD, capture_output=True, text=True, check=True).stdout.strip()
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning is glibc's")
 def test_freed_memory_is_kept_where_glibc_allows_it():
     assert runtime.keep_freed_memory()  # mallopt accepted both settings
-    assert "malloc: glibc, keeps freed memory" in runtime_line(None)  # and the run log says so
+    assert "malloc: glibc, keeps freed memory" in runtime_line()  # and the run log says so
 
 
 @pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (apt install libtcmalloc-minimal4)")
 def test_make_preloads_tcmalloc_where_installed():
-    shown = subprocess.run(["make", "-s", "--eval=preload: ; @echo $$LD_PRELOAD", "preload"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    shown = preload_under_make()
     assert os.path.realpath(shown) == os.path.realpath(TCMALLOC)
     assert "malloc: tcmalloc" in runtime_line(shown)
-    off = subprocess.run(["make", "-s", "TCMALLOC=", "--eval=preload: ; @echo $$LD_PRELOAD", "preload"], cwd=ROOT,
-                         env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}, capture_output=True,
-                         text=True, check=True).stdout.strip()
-    assert off == ""
+    assert preload_under_make("TCMALLOC=") == ""
 
 
 def test_loss_without_smoothing_is_cross_entropy_ignoring_padding():
