@@ -6,8 +6,10 @@ the teacher's single mode instead of every reference's wording.
     make train CONFIG=... DATA=runs/teacher/distilled RUN=runs/student
 
 The folder holds train.{src,tgt} (the distilled pairs) and the validation and test splits as they
-are, so the student is still selected and scored against the real references. Translation goes in
-chunks and resumes where it stopped: a Ctrl-C loses at most one chunk.
+are, so the student is still selected and scored against the real references. With
+--with-references the training pairs are the original ones followed by the distilled ones (each
+source twice), as in data diversification (Nguyen et al., 2020). Translation goes in chunks and
+resumes where it stopped: a Ctrl-C loses at most one chunk.
 """
 import argparse
 import logging
@@ -37,6 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="corpus folder to write (default: <run-dir>/distilled)")
     parser.add_argument("--data", help="local corpus folder (default: the one the teacher was trained on)")
     parser.add_argument("--chunk", type=int, default=1000, help="sentences translated between appends to the output")
+    parser.add_argument("--with-references", action="store_true",
+                        help="train on the original pairs as well as the distilled ones")
     add_translator_arguments(parser)
     args = parser.parse_args(argv)
     path, translator = load_translator(args)
@@ -62,8 +66,9 @@ def main(argv=None) -> int:
         write_lines(out / f"{split}.{tgt}", pairs.tgt_text)
     train = read_split(data, data.train_split, corpus)
     target, partial = out / f"{data.train_split}.{tgt}", out / f".{data.train_split}.{tgt}.partial"
-    if target.is_file() and target.read_text(encoding="utf-8").count("\n") == len(train):
-        log.info(f"{target} is complete ({len(train):,} lines); delete it to distill again")
+    copies = 2 if args.with_references else 1
+    if target.is_file() and target.read_text(encoding="utf-8").count("\n") == copies * len(train):
+        log.info(f"{target} is complete ({copies * len(train):,} lines); delete it to distill again")
         return 0
     kept = partial.read_text(encoding="utf-8") if partial.is_file() else ""
     kept = kept[: kept.rfind("\n") + 1]  # a line cut off by a kill is translated again
@@ -85,8 +90,10 @@ def main(argv=None) -> int:
             finished = first + len(hyps)
             rate = (finished - done) / (time.perf_counter() - start)
             log.info(f"  {finished:,} / {len(train):,} sentences, {rate:.1f} a second")
-    write_lines(out / f"{data.train_split}.{src}", train.src_text)
-    partial.replace(target)
+    hyps = partial.read_text(encoding="utf-8").split("\n")[:-1]
+    write_lines(out / f"{data.train_split}.{src}", train.src_text * copies)
+    write_lines(target, (train.tgt_text if args.with_references else []) + hyps)
+    partial.unlink()
     log.info(f"wrote {out}: train with `make train DATA={out} CONFIG=... RUN=...`")
     return 0
 

@@ -119,6 +119,11 @@ def test_distill_writes_an_aligned_corpus_and_resumes_exactly(trained, small_cor
     assert b"resuming at line 401" in resumed.stderr
     assert (out / "train.en").read_text(encoding="utf-8").split("\n") == targets
     assert not (out / ".train.en.partial").exists()
+    both = tmp_path / "with_references"  # the original pairs, then the distilled ones
+    make("distill", f"RUN={run}", f"DATA={small_corpus}", f"OUT={both}", "ARGS=--with-references", env=env)
+    assert (both / "train.de").read_text(encoding="utf-8").splitlines() == sources * 2
+    references = (small_corpus / "train.en").read_text(encoding="utf-8").splitlines()
+    assert (both / "train.en").read_text(encoding="utf-8").split("\n") == references + targets
     before = {p.name: p.read_bytes() for p in small_corpus.iterdir()}
     refused = make("distill", f"RUN={run}", f"DATA={small_corpus}", f"OUT={small_corpus}", env=env, check=False)
     assert refused.returncode != 0 and b"would be overwritten" in refused.stderr and b"Traceback" not in refused.stderr
