@@ -8,8 +8,8 @@ the teacher's single mode instead of every reference's wording.
 The folder holds train.{src,tgt} (the distilled pairs) and the validation and test splits as they
 are, so the student is still selected and scored against the real references. With
 --with-references the training pairs are the original ones followed by the distilled ones (each
-source twice), as in data diversification (Nguyen et al., 2020). Translation goes in chunks and
-resumes where it stopped: a Ctrl-C loses at most one chunk.
+source twice): data diversification (Nguyen et al., 2020) with one forward model. Translation goes
+in chunks and resumes where it stopped: a Ctrl-C loses at most one chunk.
 """
 import argparse
 import logging
