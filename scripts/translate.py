@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", help="file to write (default: standard output)")
     add_translator_arguments(parser)
     args = parser.parse_args(argv)
+    if args.sentence is not None and not args.sentence.strip():
+        parser.error("--sentence is empty: give the text to translate, e.g. --sentence \"Ein Hund läuft.\"")
     _, translator = load_translator(args)
     if args.sentence is not None:
         print(translator.translate([args.sentence])[0])

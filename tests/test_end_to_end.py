@@ -53,6 +53,15 @@ def test_translate_one_sentence(trained):
     assert len(out.stdout.decode().splitlines()) == 1
 
 
+def test_translate_refuses_an_empty_sentence(trained, capsys):
+    from scripts import translate
+
+    run, _ = trained
+    with pytest.raises(SystemExit) as stop:
+        translate.main(["--run-dir", str(run), "--sentence", "  "])
+    assert stop.value.code == 2 and "--sentence is empty" in capsys.readouterr().err
+
+
 def test_translate_stream_keeps_every_line(trained):
     run, env = trained
     lines = b"Ein Hund.\n\n   \n\xff\xfe\xfa kaputt\n\xf0\x9f\x90\x95 \xe4\xb8\x80\n" + b"Wort " * 2000 + b"\nEnde.\n"
