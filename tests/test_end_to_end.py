@@ -7,6 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from scripts import translate
 from tests.conftest import ROOT
 from transformer import checkpoint
 
@@ -53,12 +54,9 @@ def test_translate_one_sentence(trained):
     assert len(out.stdout.decode().splitlines()) == 1
 
 
-def test_translate_refuses_an_empty_sentence(trained, capsys):
-    from scripts import translate
-
-    run, _ = trained
-    with pytest.raises(SystemExit) as stop:
-        translate.main(["--run-dir", str(run), "--sentence", "  "])
+def test_translate_refuses_an_empty_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # before any checkpoint is looked for
+        translate.main(["--run-dir", str(tmp_path), "--sentence", "  "])
     assert stop.value.code == 2 and "--sentence is empty" in capsys.readouterr().err
 
 
