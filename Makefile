@@ -9,7 +9,7 @@ DATA     ?=
 ARGS     ?=
 NPROC    ?= 1
 CKPT     ?=
-SPLIT    ?= test_2016_flickr
+SPLIT    ?=
 SENTENCE ?=
 OUT      ?=
 PORT     ?= 6006
@@ -27,11 +27,11 @@ endif
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: help install test train translate evaluate average distill tensorboard summary bench clean
+.PHONY: help install test lint train translate evaluate average distill tensorboard summary bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) DATA=<corpus folder> ARGS=\"train.max_steps=100 ...\" NPROC=$(NPROC) CKPT= SPLIT=$(SPLIT)"
+	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) DATA=<corpus folder> ARGS=\"train.max_steps=100 ...\" NPROC=$(NPROC) CKPT= SPLIT="
 
 install:  ## install the package and its dependencies (keeps an existing torch)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
@@ -40,14 +40,17 @@ install:  ## install the package and its dependencies (keeps an existing torch)
 test:  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q tests
 
+lint:  ## check the code with ruff (rules and line length in pyproject.toml)
+	$(PYTHON) -m ruff check .
+
 train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP under torchrun
 	$(LAUNCH) -m scripts.train --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one)
 	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(SENTENCE),--sentence "$$SENTENCE") $(ARGS)
 
-evaluate:  ## BLEU and chrF of RUN on SPLIT (default test_2016_flickr); ARGS="decode.length_penalty=1.0" changes decoding
-	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) --split $(SPLIT) $(if $(DATA),--data $(DATA)) $(ARGS)
+evaluate:  ## BLEU and chrF of RUN on SPLIT (default: the run's test split); ARGS="decode.beam_size=5" decodes otherwise
+	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) $(if $(SPLIT),--split $(SPLIT)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1)
 	$(PYTHON) -m scripts.average --run-dir $(RUN)

@@ -4,8 +4,9 @@
 
 Measures: the matmul peak (float32, bfloat16); training throughput in source + target tokens/s
 and achieved GFLOP/s for float32 and bf16 autocast, through the real training step; peak memory;
-data preparation time (from scratch and cached); decoding sentences/s on the test split for
-greedy and beam 4, with and without the key/value cache. Machine and library versions included.
+data preparation time (from scratch and cached) and how soon a run without any corpus fails;
+decoding sentences/s on the test split for greedy and beam 4, with and without the key/value
+cache. Machine and library versions included.
 """
 import argparse
 import json
@@ -23,23 +24,25 @@ import torch
 
 from scripts.cli import run
 from transformer import checkpoint, runtime
-from transformer.batching import make_batches, padding_fraction, shard
+from transformer.batching import make_batches, padding_fraction, step_groups
 from transformer.config import load_config
-from transformer.data import prepare, read_split
+from transformer.data import DataError, prepare, read_split
 from transformer.model import Transformer, forward_flops
 from transformer.optim import make_optimizer
-from transformer.training import TrainState, train_step
+from transformer.training import Context, train_step
 from transformer.translation import Translator
 
 
 def machine() -> dict:
     cpu = platform.processor()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import datasets, sacrebleu, tokenizers
+    import datasets
+    import sacrebleu
+    import tokenizers
 
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -64,6 +67,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, samples: int = 9) -> float:
 
 
 def data_preparation(config) -> dict:
+    """Seconds to prepare the data from scratch and from its cache, and to fail without any corpus."""
     with tempfile.TemporaryDirectory() as cache:
         tic = time.perf_counter()
         prepare(config, cache)
@@ -71,28 +75,33 @@ def data_preparation(config) -> dict:
         tic = time.perf_counter()
         prepare(config, cache)
         cached = time.perf_counter() - tic
-    return {"from_scratch_s": round(fresh, 2), "cached_s": round(cached, 2)}
+        nowhere = replace(config.data, path="", local_dirs=(f"{cache}/none",))  # the hub is probed as a user's run does
+        tic = time.perf_counter()
+        try:
+            read_split(nowhere, nowhere.train_split)
+            no_corpus = None  # the hub answered: nothing to time
+        except DataError:
+            no_corpus = round(time.perf_counter() - tic, 2)
+    return {"from_scratch_s": round(fresh, 2), "cached_s": round(cached, 2), "no_corpus_error_s": no_corpus}
 
 
 def training_throughput(config, prepared, precision: str, steps: int, warmup: int = 3) -> dict:
     """Tokens/s and GFLOP/s of the real training step, on the first epoch's batches."""
     rt = runtime.setup(replace(config.train, precision=precision))
     model = Transformer(config.model, prepared.tokenizer.vocab_size)
-    optimizer = make_optimizer(model, config.train)
+    ctx = Context(config, rt, prepared, model, model, make_optimizer(model, config.train))
     src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
-    batches = shard(make_batches(src_lens, tgt_lens, config.train.max_tokens, seed=config.train.seed), 1)
-    groups = [batches[i : i + config.train.accumulate] for i in range(0, len(batches), config.train.accumulate)]
-    state = TrainState()
+    groups = step_groups(src_lens, tgt_lens, config.train.max_tokens, config.train.seed,
+                         accumulate=config.train.accumulate)
     tokens = flops = 0
     for k, group in enumerate(groups[: warmup + steps]):
         if k == warmup:
             tic = time.perf_counter()
-        stats = train_step(model, optimizer, None, group, prepared, tgt_lens, state, config, rt)
-        state.step += 1
+        result = train_step(ctx, group, k + 1)
         if k >= warmup:
-            tokens += stats["tokens"]
-            flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, src_lens[i] + 1, tgt_lens[i] + 1)
-                         for batch in group for i in batch)
+            tokens += result.tokens
+            flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, src_lens[i] + 1,
+                                           tgt_lens[i] + 1) for batch in group for i in batch)
     seconds = time.perf_counter() - tic
     return {"precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
             "gflops": round(flops / seconds / 1e9, 1), "peak_rss_gib": round(peak_rss_gib(), 2)}
@@ -112,6 +121,28 @@ def decoding_speed(translator: Translator, sentences: list[str], beam: int, use_
             "sentences_per_s": round(len(sentences) / seconds, 1), "output_tokens_per_s": round(out_tokens / seconds)}
 
 
+def decoding_translator(config, prepared, path: str | None) -> tuple[Translator, str]:
+    """The checkpoint's translator (default: runs/multi30k's), or an untrained model: the slowest case."""
+    if path is None:
+        try:
+            path = str(checkpoint.find_for_inference("runs/multi30k", None))
+        except checkpoint.CheckpointError:
+            model = Transformer(config.model, prepared.tokenizer.vocab_size)
+            return Translator(model, prepared.tokenizer, config), "untrained model (outputs run to the length limit)"
+    return Translator.from_checkpoint(path, "cpu"), path
+
+
+def decoding(translator: Translator, uncached: int) -> list[dict]:
+    """The test split with greedy and beam 4 search; then its first sentences with and without the cache."""
+    test = read_split(translator.config.data, translator.config.data.test_split).src_text
+    rows = [decoding_speed(translator, test, beam, True) for beam in (1, 4)]
+    for beam in (1, 4):
+        cached, recomputed = (decoding_speed(translator, test[:uncached], beam, c) for c in (True, False))
+        recomputed["cache_speedup"] = round(cached["sentences_per_s"] / recomputed["sentences_per_s"], 2)
+        rows += [cached, recomputed]
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/multi30k.yaml")
@@ -129,56 +160,40 @@ def main(argv=None) -> int:
                                     "bfloat16": round(matmul_peak(torch.bfloat16), 1)}
     report["data_preparation"] = data_preparation(config)
     prepared = prepare(config)
-    src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
-    report["data_preparation"]["padding_fraction"] = round(
-        padding_fraction(make_batches(src_lens, tgt_lens, config.train.max_tokens, seed=1), src_lens, tgt_lens), 4)
+    report["data_preparation"]["padding_fraction"] = padding(config, prepared)
     report["training"] = [training_throughput(config, prepared, p, args.steps) for p in ("float32", "bfloat16")]
     for row in report["training"]:
         row["fraction_of_peak"] = round(row["gflops"] / report["matmul_peak_gflops"][row["precision"]], 3)
-
-    path = args.ckpt
-    if path is None:
-        try:
-            path = checkpoint.find_for_inference("runs/multi30k", None)
-        except checkpoint.CheckpointError:
-            path = None
-    if path:
-        translator = Translator.from_checkpoint(path, "cpu")
-    else:  # an untrained model never stops early: the slowest case
-        model = Transformer(config.model, prepared.tokenizer.vocab_size)
-        translator = Translator(model, prepared.tokenizer, config)
-    report["decoding_checkpoint"] = str(path) if path else "untrained model (outputs run to the length limit)"
-    test = read_split(translator.config.data, translator.config.data.test_split).src_text
-    report["decoding"] = [decoding_speed(translator, test, beam, True) for beam in (1, 4)]
-    subset = test[: args.uncached]
-    for beam in (1, 4):
-        cached = decoding_speed(translator, subset, beam, True)
-        uncached = decoding_speed(translator, subset, beam, False)
-        uncached["cache_speedup"] = round(cached["sentences_per_s"] / uncached["sentences_per_s"], 2)
-        report["decoding"] += [cached, uncached]
+    translator, report["decoding_checkpoint"] = decoding_translator(config, prepared, args.ckpt)
+    report["decoding"] = decoding(translator, args.uncached)
     report["peak_rss_gib"] = round(peak_rss_gib(), 2)
-
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
-    print(table(report))
-    print(f"\n(full report: {args.json})")
+    print(table(report) + f"\n\n(full report: {args.json})")
     return 0
 
 
+def padding(config, prepared) -> float:
+    src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
+    return round(padding_fraction(make_batches(src_lens, tgt_lens, config.train.max_tokens, seed=1), src_lens,
+                                  tgt_lens), 4)
+
+
 def table(r: dict) -> str:
-    m, peak = r["machine"], r["matmul_peak_gflops"]
+    m, peak, data = r["machine"], r["matmul_peak_gflops"], r["data_preparation"]
     lines = [f"machine   {m['cpu']} | {m['cores']} cores | torch {m['torch']} | threads {m['threads']}",
              f"matmul    float32 {peak['float32']} GFLOP/s | bfloat16 {peak['bfloat16']} GFLOP/s (1024 x 1024)",
-             f"data      from scratch {r['data_preparation']['from_scratch_s']} s | cached {r['data_preparation']['cached_s']} s"
-             f" | padding {r['data_preparation']['padding_fraction']:.1%} of batch tokens",
+             f"data      from scratch {data['from_scratch_s']} s | cached {data['cached_s']} s | padding "
+             f"{data['padding_fraction']:.1%} of batch tokens | no corpus: error in {data['no_corpus_error_s']} s",
              "", "training  precision  tokens/s (src+tgt)  GFLOP/s  of peak  peak RSS"]
     for t in r["training"]:
-        lines.append(f"          {t['precision']:<9}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}  {t['fraction_of_peak']:>7.0%}"
-                     f"  {t['peak_rss_gib']} GiB")
-    lines += ["", f"decoding  ({r['decoding_checkpoint']})", "          beam  cache  sentences  sent/s  out tok/s  cache speedup"]
+        lines.append(f"          {t['precision']:<9}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}  "
+                     f"{t['fraction_of_peak']:>7.0%}  {t['peak_rss_gib']} GiB")
+    lines += ["", f"decoding  ({r['decoding_checkpoint']})",
+              "          beam  cache  sentences  sent/s  out tok/s  cache speedup"]
     for d in r["decoding"]:
-        lines.append(f"          {d['beam']:>4}  {'yes' if d['cache'] else 'no':>5}  {d['sentences']:>9}  {d['sentences_per_s']:>6}"
-                     f"  {d['output_tokens_per_s']:>9}  {d.get('cache_speedup', '')}")
+        lines.append(f"          {d['beam']:>4}  {'yes' if d['cache'] else 'no':>5}  {d['sentences']:>9}  "
+                     f"{d['sentences_per_s']:>6}  {d['output_tokens_per_s']:>9}  {d.get('cache_speedup', '')}")
     return "\n".join(lines)
 
 

@@ -1,13 +1,13 @@
-"""What every script shares: logging to stderr, and errors that end in a message, not a traceback."""
+"""What every script shares: logging to stderr, the checkpoint arguments, and one entry point.
+
+An error the user can fix (transformer.errors.UserError) ends in one line, `error: ...`, and exit
+status 2; any other exception is a bug and keeps its traceback.
+"""
 import logging
 import os
 import sys
 
-from transformer.checkpoint import CheckpointError
-from transformer.config import ConfigError
-from transformer.data import DataError
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError)
+from transformer.errors import UserError
 
 
 def add_translator_arguments(parser) -> None:
@@ -28,16 +28,15 @@ def load_translator(args):
     return path, Translator.from_checkpoint(path, args.device, args.overrides)
 
 
-def setup_logging() -> None:
+def run(main) -> None:
+    """Call main() and exit with its status; a UserError prints `error: ...` and exits 2."""
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
-
-
-def run(main) -> None:
-    """Call main(); a known user error prints `error: ...` and exits 2."""
-    setup_logging()
     try:
         sys.exit(main())
-    except USER_ERRORS as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)

@@ -4,10 +4,10 @@
 """
 import argparse
 import json
-import sys
 
+from scripts.cli import run
 from transformer import model as model_module
-from transformer.config import ConfigError, load_config
+from transformer.config import load_config
 from transformer.model import Transformer, forward_flops
 
 
@@ -32,7 +32,9 @@ def summarize(config, length: int) -> dict:
 
 
 def ledger() -> list[str]:
-    return [line for line in model_module.__doc__.splitlines() if line.startswith("|")]
+    """The ledger table of transformer/model.py's docstring and its notes."""
+    lines = model_module.__doc__.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("|")) :]
 
 
 def main(argv=None) -> int:
@@ -42,12 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--length", type=int, default=32, help="sentence length for the FLOPs figure")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.d_model=256")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    info = summarize(config, args.length)
+    info = summarize(load_config(args.config, args.overrides), args.length)
     if args.json:
         print(json.dumps(info))
         return 0
@@ -63,4 +60,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

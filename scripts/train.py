@@ -4,12 +4,10 @@
     torchrun --standalone --nproc_per_node=2 -m scripts.train ...   (DistributedDataParallel)
 """
 import argparse
-import logging
-import sys
 
 from scripts.cli import run
 from transformer.config import load_config
-from transformer.training import TrainingError, train
+from transformer.training import train
 
 
 def main(argv=None) -> int:
@@ -21,16 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
-    config = load_config(args.config, overrides)
-    try:
-        train(config, args.run_dir, args.device)
-    except TrainingError as error:
-        logging.getLogger(__name__).error(f"error: {error}")
-        return 1
-    except KeyboardInterrupt:
-        print(f"\naborted; the last checkpoint in {args.run_dir}/checkpoints is intact. Resume: make train RUN={args.run_dir}",
-              file=sys.stderr)
-        return 130
+    train(load_config(args.config, overrides), args.run_dir, args.device)
     return 0
 
 

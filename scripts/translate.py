@@ -6,34 +6,11 @@
     python -m scripts.translate --run-dir runs/multi30k decode.beam_size=1 < input.de    # greedy
 """
 import argparse
-import logging
+import contextlib
 import sys
 
 from scripts.cli import add_translator_arguments, load_translator, run
-from transformer.translation import Translator
-
-log = logging.getLogger("translate")
-CHUNK = 2000  # lines translated at a time when streaming
-
-
-def read_lines(stream) -> list[str]:
-    """Decode bytes line by line; invalid UTF-8 is replaced (and reported), never a crash or a lost line."""
-    lines = []
-    for number, raw in enumerate(stream, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
-            log.warning(f"line {number}: invalid UTF-8, undecodable bytes replaced by U+FFFD")
-        lines.append(line.rstrip("\r\n"))
-    return lines
-
-
-def translate_stream(translator: Translator, lines: list[str], out) -> None:
-    for start in range(0, len(lines), CHUNK):
-        for hyp in translator.translate(lines[start : start + CHUNK]):
-            out.write(hyp + "\n")
-        out.flush()
+from transformer.translation import Translator, read_file, read_lines
 
 
 def interactive(translator: Translator) -> None:
@@ -60,20 +37,12 @@ def main(argv=None) -> int:
     _, translator = load_translator(args)
     if args.sentence is not None:
         print(translator.translate([args.sentence])[0])
-        return 0
-    if args.input is None and sys.stdin.isatty():
+    elif args.input is None and sys.stdin.isatty():
         interactive(translator)
-        return 0
-    if args.input:
-        with open(args.input, "rb") as f:
-            lines = read_lines(f)
     else:
-        lines = read_lines(sys.stdin.buffer)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            translate_stream(translator, lines, out)
-    else:
-        translate_stream(translator, lines, sys.stdout)
+        lines = read_file(args.input) if args.input else read_lines(sys.stdin.buffer)
+        with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
+            translator.translate_stream(lines, out)
     return 0
 
 

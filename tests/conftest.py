@@ -1,7 +1,12 @@
+import json
 import logging
 from pathlib import Path
 
 import pytest
+import torch
+
+from transformer.config import ModelConfig, load_config
+from transformer.model import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
@@ -45,3 +50,21 @@ def small_corpus(tmp_path_factory, multi30k) -> Path:
                 lines = [next(f) for _ in range(n)]
             (folder / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
     return folder
+
+
+def small_model(vocab_size: int = 50, **overrides) -> Transformer:
+    """A seeded 2+2-layer model, d_model 32, in eval mode."""
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, **overrides)
+    return Transformer(config, vocab_size).eval()
+
+
+def tiny_config(corpus, *overrides):
+    """configs/tiny.yaml on `corpus`, logging every step, no validation BLEU."""
+    return load_config("configs/tiny.yaml", [f"data.path={corpus}", "train.log_every=1", "train.valid_bleu=false",
+                                             "train.max_tokens=3000", "train.valid_every=1000", *overrides])
+
+
+def logged_losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}

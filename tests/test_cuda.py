@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.test_training import logged_losses, tiny_config
+from tests.conftest import logged_losses, tiny_config
 from transformer import checkpoint
 from transformer.training import train
 from transformer.translation import Translator

@@ -2,12 +2,12 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from scripts import translate
 from tests.conftest import ROOT
 from transformer import checkpoint
 
@@ -27,14 +27,14 @@ def trained(multi30k, tmp_path_factory):
     run = tmp_path_factory.mktemp("e2e") / "tiny"
     env = {**os.environ, "TRANSFORMER_CACHE": str(run.parent / "cache")}
     make("train", "CONFIG=configs/tiny.yaml", f"DATA={multi30k}", f"RUN={run}",
-         "ARGS=train.max_steps=60 train.valid_every=30 train.save_every=20 train.log_every=10", env=env)
+         "ARGS=train.max_steps=100 train.valid_every=50 train.save_every=20 train.log_every=10", env=env)
     return run, env
 
 
 def test_training_writes_checkpoints_and_tensorboard_and_learns(trained):
     run, _ = trained
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert {"step_0000020.pt", "step_0000040.pt", "step_0000060.pt", "best.pt"} <= set(names)
+    assert {f"step_{step:07d}.pt" for step in (20, 40, 60, 80, 100)} | {"best.pt"} <= set(names)
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
     events.Reload()
@@ -50,14 +50,40 @@ def test_training_writes_checkpoints_and_tensorboard_and_learns(trained):
 
 def test_translate_one_sentence(trained):
     run, env = trained
-    out = make("translate", f"RUN={run}", "SENTENCE=Ein Mann fährt Fahrrad.", env=env)
-    assert len(out.stdout.decode().splitlines()) == 1
+    source = "Ein Mann fährt Fahrrad."
+    out = make("translate", f"RUN={run}", f"SENTENCE={source}", env=env)
+    lines = out.stdout.decode().splitlines()
+    assert len(lines) == 1
+    words = lines[0].split()
+    assert len(set(words)) > 2 and lines[0] != source  # a sentence, not one word repeated or the input copied
+    assert set(words) - set(source.split())  # with English words that the German one lacks
 
 
-def test_translate_refuses_an_empty_sentence(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:  # before any checkpoint is looked for
-        translate.main(["--run-dir", str(tmp_path), "--sentence", "  "])
-    assert stop.value.code == 2 and "--sentence is empty" in capsys.readouterr().err
+def script(*args, env=None):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_translate_refuses_an_empty_sentence(tmp_path):
+    out = script("scripts.translate", "--run-dir", str(tmp_path), "--sentence", "  ")  # before any checkpoint is read
+    assert out.returncode == 2 and "--sentence is empty" in out.stderr
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(small_corpus, tmp_path):
+    out = script("scripts.train", "--config", "configs/tiny.yaml", "--run-dir", str(tmp_path / "run"),
+                 "model.d_modle=64")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "model.d_modle" in out.stderr and "Traceback" not in out.stderr
+    planted = ("import runpy, sys\n"
+               "from transformer.model import Transformer\n"
+               "def forward(self, *args):\n"
+               "    raise ValueError('a planted bug')\n"
+               "Transformer.forward = forward\n"
+               "runpy.run_module('scripts.train', run_name='__main__')\n")
+    env = {**os.environ, "TRANSFORMER_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", planted, "--config", "configs/tiny.yaml", "--run-dir",
+                          str(tmp_path / "run"), "--data", str(small_corpus)], cwd=ROOT, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 1 and "Traceback" in out.stderr and "ValueError: a planted bug" in out.stderr
 
 
 def test_translate_stream_keeps_every_line(trained):
@@ -101,7 +127,7 @@ def test_evaluate_and_average(trained, multi30k):
     assert len(hyps) == 1001 and not any("Ġ" in h for h in hyps)  # detokenized text
     make("average", f"RUN={run}", env=env)
     averaged = checkpoint.load(run / "checkpoints" / "avg.pt")
-    assert averaged["averaged"] == ["step_0000020.pt", "step_0000040.pt", "step_0000060.pt"]
+    assert averaged["averaged"] == [f"step_{step:07d}.pt" for step in (20, 40, 60, 80, 100)]
     out = make("translate", f"RUN={run}", "SENTENCE=Zwei Hunde.", env=env)  # avg.pt is now the default
     assert len(out.stdout.decode().splitlines()) == 1
 

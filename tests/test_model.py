@@ -3,19 +3,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from scripts.summary import summarize
-from transformer.config import ModelConfig, load_config
+from tests.conftest import small_model
+from transformer.config import load_config
 from transformer.model import Dropout, MultiHeadAttention, Transformer, sinusoids
 
 V = 50
-
-
-def small_model(**overrides) -> Transformer:
-    torch.manual_seed(0)
-    config = ModelConfig(d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, **overrides)
-    return Transformer(config, V).eval()
 
 
 def random_batch(B=3, S=7, T=6, seed=1):
@@ -90,9 +83,12 @@ def test_multi_head_attention_equals_the_formula():
         heads.append(torch.softmax(scores, dim=-1) @ v)
     expected = torch.cat(heads, dim=-1) @ attn.w_o.weight.T  # Concat(head_1..head_H) W^O
     torch.testing.assert_close(attn(x, kv, mask), expected, atol=1e-5, rtol=1e-5)
-    attn.keep_weights = True  # the explicit path used for heatmaps agrees too
-    torch.testing.assert_close(attn(x, kv, mask), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(attn.weights.sum(-1), torch.ones(B, H, Tq))
+    weights = attn.attention_weights(x, kv, mask)  # what the heatmaps show: the same softmax
+    v = attn.split_heads(attn.w_v(kv))
+    heads = (weights @ v).transpose(1, 2).reshape(B, Tq, D)
+    torch.testing.assert_close(attn.w_o(heads), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, H, Tq))
+    assert (weights[1, ..., 5:] == 0).all()
 
 
 def test_positional_encoding_is_the_paper_formula():
@@ -137,6 +133,22 @@ def test_cached_decoding_equals_full_decoding():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_attention_maps_are_each_layers_softmax_within_the_masks():
+    model = small_model()
+    src, src_pad, tgt = random_batch()
+    src_pad[0, -2:] = True
+    maps = model.attention_maps(src, src_pad, tgt)
+    assert {kind: len(layers) for kind, layers in maps.items()} == {"encoder_self": 2, "decoder_self": 2, "cross": 2}
+    for kind, layers in maps.items():
+        for weights in layers:
+            torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+            if kind == "decoder_self":
+                assert (weights.triu(1) == 0).all()  # no position attends to a later one
+            else:
+                assert (weights[0, ..., -2:] == 0).all()  # nothing attends to padding
+    assert not any(m._forward_hooks for m in model.modules())  # the pass left no hook behind
+
+
 def test_too_long_input_is_a_clear_error():
     model = small_model(max_positions=8)
     src, src_pad, tgt = random_batch(S=9)
@@ -146,4 +158,6 @@ def test_too_long_input_is_a_clear_error():
 
 @pytest.mark.parametrize("path, low, high", [("configs/base.yaml", 62e6, 66e6), ("configs/big.yaml", 208e6, 218e6)])
 def test_paper_model_sizes(path, low, high):
-    assert low <= summarize(load_config(path), 32)["parameters"] <= high
+    config = load_config(path)
+    model = Transformer(config.model, config.tokenizer.vocab_size)
+    assert low <= sum(p.numel() for p in model.parameters()) <= high

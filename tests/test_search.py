@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_model import small_model
-from transformer.config import Config, DecodeConfig
+from tests.conftest import small_model
 from transformer.metrics import bleu, scores
 from transformer.search import beam_search, greedy, length_penalty
 from transformer.tokenizer import BOS, EOS, PAD
@@ -31,7 +30,8 @@ def model():
 
 def test_beam_of_one_is_greedy(model):
     src, pad = sources([5, 9, 3, 7])
-    for g, b in zip(greedy(model, src, pad, max_extra_len=10), beam_search(model, src, pad, beam_size=1, max_extra_len=10)):
+    greedy_hyps = greedy(model, src, pad, max_extra_len=10)
+    for g, b in zip(greedy_hyps, beam_search(model, src, pad, beam_size=1, max_extra_len=10), strict=True):
         assert b[0].tokens == g.tokens
         assert b[0].score == pytest.approx(g.score, abs=1e-4)
 
@@ -41,7 +41,7 @@ def test_cache_gives_the_same_tokens_and_scores(model, beam):
     src, pad = sources([5, 9, 3, 7])
     cached = beam_search(model, src, pad, beam_size=beam, max_extra_len=10, n_best=beam)
     uncached = beam_search(model, src, pad, beam_size=beam, max_extra_len=10, n_best=beam, use_cache=False)
-    for c, u in zip(cached, uncached):
+    for c, u in zip(cached, uncached, strict=True):
         assert [h.tokens for h in c] == [h.tokens for h in u]
         assert [h.score for h in c] == pytest.approx([h.score for h in u], abs=1e-4)
     g1, g2 = greedy(model, src, pad, 10), greedy(model, src, pad, 10, use_cache=False)
@@ -69,7 +69,7 @@ def test_nothing_follows_the_end_and_length_is_bounded(model):
     src, pad = sources([2, 5, 8])
     for extra in (0, 3, 10):
         for n_best in beam_search(model, src, pad, beam_size=4, max_extra_len=extra, n_best=4):
-            for i, h in enumerate(n_best):
+            for h in n_best:
                 assert not {EOS, PAD, BOS} & set(h.tokens)
         for row, hyps in enumerate(beam_search(model, src, pad, beam_size=4, max_extra_len=extra)):
             assert len(hyps[0].tokens) <= int((~pad[row]).sum()) - 1 + extra

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .config import ConfigError
 from .tokenizer import BOS, EOS, PAD
 
 
@@ -22,14 +23,13 @@ class Batch:
     src_pad: Tensor  # (B, S) True at padding
     tgt_in: Tensor  # (B, T) <s> + y: the decoder's input
     tgt_out: Tensor  # (B, T) y + </s>: what it must predict; PAD where padded
-    indices: Tensor  # (B,) positions of the pairs in their split
     src_tokens: int  # non-padding tokens
     tgt_tokens: int
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         move = lambda t: t.to(device, non_blocking=True)
-        return Batch(move(self.src), move(self.src_pad), move(self.tgt_in), move(self.tgt_out), self.indices,
-                     self.src_tokens, self.tgt_tokens)
+        return Batch(move(self.src), move(self.src_pad), move(self.tgt_in), move(self.tgt_out), self.src_tokens,
+                     self.tgt_tokens)
 
 
 def pad(seqs: list[list[int]]) -> Tensor:
@@ -40,13 +40,12 @@ def pad(seqs: list[list[int]]) -> Tensor:
     return out
 
 
-def collate(src: list[list[int]], tgt: list[list[int]] | None, indices: list[int]) -> Batch:
+def collate(src: list[list[int]], tgt: list[list[int]] | None = None) -> Batch:
     """Build a Batch from subword ids without specials; `tgt` None for translation-only batches."""
     source = pad([s + [EOS] for s in src])
     tgt = tgt if tgt is not None else [[] for _ in src]
     tgt_in, tgt_out = pad([[BOS] + t for t in tgt]), pad([t + [EOS] for t in tgt])
-    return Batch(source, source == PAD, tgt_in, tgt_out, torch.tensor(indices), int((source != PAD).sum()),
-                 int((tgt_out != PAD).sum()))
+    return Batch(source, source == PAD, tgt_in, tgt_out, int((source != PAD).sum()), int((tgt_out != PAD).sum()))
 
 
 def make_batches(src_lens: list[int], tgt_lens: list[int], max_tokens: int, seed: int | None = None) -> list[list[int]]:
@@ -64,7 +63,8 @@ def make_batches(src_lens: list[int], tgt_lens: list[int], max_tokens: int, seed
     for i in order:
         s, t = src_lens[i] + 1, tgt_lens[i] + 1
         if max(s, t) > max_tokens:
-            raise ValueError(f"a pair of {s} / {t} tokens does not fit max_tokens={max_tokens}; raise it or lower data.max_len")
+            raise ConfigError(f"a pair of {s} / {t} tokens does not fit max_tokens={max_tokens}; raise "
+                              f"train.max_tokens or lower data.max_len")
         ls, lt = max(longest_src, s), max(longest_tgt, t)
         if current and (len(current) + 1) * max(ls, lt) > max_tokens:
             batches.append(current)
@@ -96,7 +96,19 @@ def shard(batches: list[list[int]], world_size: int) -> list[list[int]]:
     while len(batches) % world_size:
         largest = max(range(len(batches)), key=lambda b: len(batches[b]))
         if len(batches[largest]) < 2:
-            raise ValueError(f"too few sentence pairs to give {world_size} ranks a batch each")
+            raise ConfigError(f"too few sentence pairs to give {world_size} ranks a batch each; use fewer processes "
+                              f"(NPROC=)")
         half = len(batches[largest]) // 2
         batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
     return batches
+
+
+def step_groups(src_lens: list[int], tgt_lens: list[int], max_tokens: int, seed: int, world_size: int = 1,
+                accumulate: int = 1) -> list[list[list[int]]]:
+    """One epoch's optimizer steps: each the `world_size x accumulate` micro-batches of one step.
+
+    Every rank computes the same groups from the same seed; rank r trains on group[r::world_size].
+    """
+    batches = shard(make_batches(src_lens, tgt_lens, max_tokens, seed=seed), world_size)
+    per_step = world_size * accumulate
+    return [batches[i : i + per_step] for i in range(0, len(batches), per_step)]

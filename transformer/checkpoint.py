@@ -18,13 +18,16 @@ from pathlib import Path
 
 import torch
 
+from .config import from_dict
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "transformer-nmt checkpoint"
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A file that is missing, truncated, or not a checkpoint of this project."""
 
 
@@ -135,3 +138,27 @@ def average(paths: list[Path]) -> dict:
     averaged["model"] = model
     averaged["averaged"] = [p.name for p in paths]
     return averaged
+
+
+def average_run(run_dir: str | Path, last: int | None = None) -> Path:
+    """Average the run's last `last` grid checkpoints (default: its train.average_last) into avg.pt.
+
+    Only checkpoints of the save grid (every train.save_every steps) are averaged, equally spaced as
+    in the paper; one written at a stop is a resume point."""
+    folder = Path(run_dir) / "checkpoints"
+    paths = step_checkpoints(folder)
+    if not paths:
+        raise CheckpointError(f"no step checkpoints in {folder}; train first: make train RUN={run_dir}")
+    train = from_dict(load(paths[-1])["config"]).train
+    last = last or train.average_last
+    grid = on_grid(paths, train.save_every)
+    if not grid:
+        raise CheckpointError(f"no checkpoint in {folder} lies on the save grid (every {train.save_every} "
+                              f"steps); train longer or lower train.save_every")
+    if len(grid) < last:
+        log.warning(f"only {len(grid)} checkpoints every {train.save_every} steps in {folder}; averaging those "
+                    f"(raise train.keep_last to keep {last})")
+    chosen = grid[-last:]
+    out = save(average(chosen), folder / "avg.pt")
+    log.info(f"averaged {', '.join(p.name for p in chosen)} -> {out}")
+    return out

@@ -14,8 +14,10 @@ from typing import Literal
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override that cannot be used; the message names the key and the fix."""
 
 
@@ -163,7 +165,8 @@ def _build(cls, values: dict, prefix: str):
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ConfigError(f"'{dotted}' is a section; give it keys such as {dotted}.{dataclasses.fields(hint)[0].name}")
+                example = f"{dotted}.{dataclasses.fields(hint)[0].name}"
+                raise ConfigError(f"'{dotted}' is a section; give it keys such as {example}")
             kwargs[key] = _build(hint, value, f"{dotted}.")
         else:
             kwargs[key] = _coerce(dotted, value, hint)
@@ -196,7 +199,8 @@ def from_dict(values: dict) -> Config:
     config = _build(Config, values or {}, "")
     m, t = config.model, config.train
     if m.d_model % m.n_heads:
-        raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads} (d_k = d_model / h)")
+        raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads} "
+                          f"(d_k = d_model / h)")
     for key in ("max_tokens", "accumulate", "valid_every", "save_every", "log_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
@@ -210,13 +214,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             choices = sorted(str(p) for p in Path("configs").glob("*.yaml"))
-            raise ConfigError(f"config file {path} not found" + (f"; available: {', '.join(choices)}" if choices else ""))
+            available = f"; available: {', '.join(choices)}" if choices else ""
+            raise ConfigError(f"config file {path} not found{available}")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold sections (model:, data:, ...), not {type(values).__name__}")
+            raise ConfigError(f"config file {path} must hold sections (model:, data:, ...), "
+                              f"not {type(values).__name__}")
     return from_dict(merge(values, parse_overrides(overrides)))
 
 

@@ -24,6 +24,7 @@ import torch
 
 from . import checkpoint
 from .config import Config, DataConfig, to_plain
+from .errors import UserError
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ HUB_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "test_2016_flic
 CACHE_VERSION = 2
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The corpus cannot be found or read; the message names the paths and the fix."""
 
 
@@ -154,7 +155,7 @@ def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) ->
         src, tgt = _read_local(corpus, split, cfg)
     else:
         src, tgt = _read_hub(corpus, split, cfg)
-    keep = [i for i, (s, t) in enumerate(zip(src, tgt)) if s.strip() and t.strip()]
+    keep = [i for i, (s, t) in enumerate(zip(src, tgt, strict=True)) if s.strip() and t.strip()]
     if len(keep) < len(src):
         log.info(f"{split}: dropped {len(src) - len(keep)} pairs with an empty side")
         src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
@@ -263,7 +264,8 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
     keep = [i for i in range(len(train)) if len(train.src[i]) < cfg.max_len and len(train.tgt[i]) < cfg.max_len]
     if len(keep) < len(train):
         log.info(f"train: dropped {len(train) - len(keep)} pairs longer than data.max_len={cfg.max_len} tokens")
-        train = ParallelText(*([seq[i] for i in keep] for seq in (train.src_text, train.tgt_text, train.src, train.tgt)))
+        columns = (train.src_text, train.tgt_text, train.src, train.tgt)
+        train = ParallelText(*([column[i] for i in keep] for column in columns))
     # Validation keeps every pair (its BLEU must be complete); over-long sources are cut to fit.
     cut = [i for i, seq in enumerate(valid.src) if len(seq) >= cfg.max_len]
     for i in cut:

@@ -3,32 +3,36 @@
 Shape legend: B batch, S source length, T target length, D d_model, H heads, dk = D / H, V vocab,
 F d_ff. Masks say what True means: `src_pad` is True at padding positions.
 
-Paper ledger (repeated in the README):
+Paper ledger: every item of the paper, where it lives here, and whether it is faithful or a stated
+deviation. `make summary` prints it; the README links here.
 
-| paper                                          | here                                   | status    |
-|------------------------------------------------|----------------------------------------|-----------|
-| Scaled dot-product attention (3.2.1)           | MultiHeadAttention, via SDPA           | faithful; SDPA's math kernel for bf16 on CPU (faster there) |
-| Multi-head attention, no biases in W^Q,K,V,O   | MultiHeadAttention                     | faithful  |
-| Position-wise FFN, ReLU (3.3)                  | FeedForward                            | faithful  |
-| Post-norm LayerNorm(x + Dropout(Sublayer(x)))  | Residual, `model.norm=post`            | faithful; pre-norm is an option |
-| LayerNorm epsilon                              | `model.layer_norm_eps` = 1e-6          | not given in the paper |
-| Encoder / decoder stacks, N = 6 (3.1)          | EncoderLayer, DecoderLayer             | faithful  |
-| Decoder masking of future positions (3.2.3)    | `is_causal=True` in self-attention     | faithful  |
-| Shared embeddings + pre-softmax weights (3.4)  | Transformer.embedding                  | faithful; `model.share_embeddings=false` splits source from target |
-| Embeddings scaled by sqrt(D) (3.4)             | Transformer.embed                      | faithful  |
-| Sinusoidal positional encoding (3.5)           | sinusoids()                            | faithful; table of `model.max_positions` rows |
-| Dropout on embedding + PE sums, sublayers (5.4)| Dropout: Transformer.embed, Residual   | faithful; on CPU p is rounded to 1/65536; attention / ReLU dropout optional, 0 by default |
-| Weight initialization                          | Xavier uniform; embeddings N(0, D^-0.5)| not given in the paper |
-| Label smoothing 0.1 (5.4)                      | transformer/loss.py                    | faithful; gradient written out (tested against F.cross_entropy) |
-| Adam 0.9 / 0.98 / 1e-9, warmup schedule (5.3)  | transformer/optim.py                   | faithful; `train.lr_factor` scales it |
-| ~25k source + 25k target tokens a batch (5.1)  | transformer/batching.py                | token budget per device x accumulation |
-| Beam 4, length penalty 0.6, max len +50 (6.1)  | transformer/search.py                  | GNMT penalty ((5+len)/6)^alpha |
-| Average the last 5 checkpoints (6.1)           | transformer/checkpoint.py              | by step count, not 10-minute intervals |
+| paper (section)                         | here                            | status                                 |
+|-----------------------------------------|---------------------------------|----------------------------------------|
+| Scaled dot-product attention (3.2.1)    | MultiHeadAttention, via SDPA    | faithful; math kernel for bf16 on CPU  |
+| Multi-head attention, no biases (3.2.2) | MultiHeadAttention              | faithful                               |
+| Position-wise FFN, ReLU (3.3)           | FeedForward                     | faithful                               |
+| Post-norm residual blocks (3.1, 5.4)    | Residual, `model.norm=post`     | faithful; pre-norm is an option        |
+| LayerNorm epsilon                       | `model.layer_norm_eps` = 1e-6   | not given in the paper                 |
+| Encoder and decoder stacks, N = 6 (3.1) | EncoderLayer, DecoderLayer      | faithful                               |
+| Decoder masks future positions (3.2.3)  | `causal=True` in self-attention | faithful                               |
+| Shared embeddings and pre-softmax (3.4) | Transformer.embedding           | faithful; `share_embeddings` option    |
+| Embeddings scaled by sqrt(D) (3.4)      | Transformer.embed               | faithful                               |
+| Sinusoidal positional encoding (3.5)    | sinusoids()                     | faithful; `model.max_positions` rows   |
+| Dropout on embeddings, sublayers (5.4)  | Dropout in embed, Residual      | faithful; CPU p rounded to 1/65536 (a) |
+| Weight initialization                   | Xavier uniform; embed N(0, 1/D) | not given in the paper                 |
+| Label smoothing 0.1 (5.4)               | transformer/loss.py             | faithful; gradient written out (b)     |
+| Adam 0.9 / 0.98 / 1e-9, warmup (5.3)    | transformer/optim.py            | faithful; `train.lr_factor` scales it  |
+| ~25k source + 25k target tokens (5.1)   | transformer/batching.py         | token budget a device x accumulation   |
+| Beam 4, alpha 0.6, max len + 50 (6.1)   | transformer/search.py           | GNMT penalty; alpha chosen on val (c)  |
+| Average the last 5 checkpoints (6.1)    | transformer/checkpoint.py       | by step count, not 10-minute intervals |
+
+(a) attention and ReLU dropout are options, 0 by default. (b) tested against F.cross_entropy.
+(c) lp(Y) = ((5 + |Y|) / 6)^alpha; the Multi30k configs use alphas chosen on the validation split.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +54,20 @@ def sinusoids(n_positions: int, d_model: int) -> Tensor:
 
 
 @dataclass
-class LayerCache:
-    """Keys and values one decoder layer has already computed during incremental decoding."""
+class KVCache:
+    """Keys and values one attention module has already computed during incremental decoding."""
 
-    self_k: Tensor | None = None  # (B, H, t, dk): grows by one position per step
-    self_v: Tensor | None = None
-    memory_k: Tensor | None = None  # (B, H, S, dk): the encoder output, projected once
-    memory_v: Tensor | None = None
+    static: bool  # True: over the encoder output, projected once; False: grows by the new positions
+    k: Tensor | None = None  # (B, H, L, dk)
+    v: Tensor | None = None
+
+
+@dataclass
+class LayerCache:
+    """A decoder layer's caches: its masked self-attention and its attention over the encoder output."""
+
+    self_attn: KVCache = field(default_factory=lambda: KVCache(static=False))
+    cross_attn: KVCache = field(default_factory=lambda: KVCache(static=True))
 
 
 class DecoderCache(list):
@@ -69,17 +80,16 @@ class DecoderCache(list):
     def select(self, index: Tensor) -> None:
         """Keep rows `index` of every cached tensor (beam search reorders hypotheses)."""
         for layer in self:
-            for name in ("self_k", "self_v", "memory_k", "memory_v"):
-                tensor = getattr(layer, name)
-                if tensor is not None:
-                    setattr(layer, name, tensor.index_select(0, index))
+            for kv in (layer.self_attn, layer.cross_attn):
+                if kv.k is not None:
+                    kv.k, kv.v = kv.k.index_select(0, index), kv.v.index_select(0, index)
 
 
 class MultiHeadAttention(nn.Module):
     """Sec. 3.2.2: MultiHead(Q, K, V) = Concat(head_1..head_H) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(dk)) V (Sec. 3.2.1) is computed by
-    `F.scaled_dot_product_attention`, or explicitly when `keep_weights` is set (for heatmaps).
+    `F.scaled_dot_product_attention`; `attention_weights` gives the softmax itself (for heatmaps).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float):
@@ -90,38 +100,51 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(d_model, d_model, bias=False)
         self.w_v = nn.Linear(d_model, d_model, bias=False)
         self.w_o = nn.Linear(d_model, d_model, bias=False)
-        self.keep_weights = False
-        self.weights: Tensor | None = None  # (B, H, Tq, Tk) when keep_weights
 
     def split_heads(self, x: Tensor) -> Tensor:
         B, L, D = x.shape
         return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, L, dk)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        """q (B, H, Tq, dk), k and v (B, H, Tk, dk), mask (B, 1, 1, Tk) with True = may attend."""
+    def project(self, x: Tensor, kv: Tensor, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Q from x (B, Tq, D); K and V from kv (B, Tk, D), or from the cache: each (B, H, L, dk)."""
+        q = self.split_heads(self.w_q(x))
+        if cache is not None and cache.static and cache.k is not None:
+            return q, cache.k, cache.v  # the encoder output is projected once per sentence, not once per step
+        k, v = self.split_heads(self.w_k(kv)), self.split_heads(self.w_v(kv))
+        if cache is not None:
+            if not cache.static and cache.k is not None:  # the new positions join the cached ones
+                k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+            cache.k, cache.v = k, v
+        return q, k, v
+
+    def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False,
+                cache: KVCache | None = None) -> Tensor:
+        """x (B, Tq, D) attends over kv (B, Tk, D); mask (B, 1, 1, Tk), True = may attend. -> (B, Tq, D)
+
+        With a cache, x holds only the new positions: one new position may see everything before it.
+        """
+        q, k, v = self.project(x, kv, cache)
+        causal = causal and q.size(2) > 1
+        if causal and k.size(2) != q.size(2):
+            raise ValueError("a cached decoder step must add one position at a time after the first")
         p = self.dropout if self.training else 0.0
-        if self.keep_weights:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
-            if causal:
-                future = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).triu(1)
-                scores = scores.masked_fill(future, float("-inf"))
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            self.weights = scores.softmax(-1)
-            return F.dropout(self.weights, p, self.training) @ v
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:  # the CPU flash kernel is ~8x slower at these lengths
             with sdpa_kernel(SDPBackend.MATH):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+                heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        else:
+            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        B, H, Tq, dk = heads.shape
+        return self.w_o(heads.transpose(1, 2).reshape(B, Tq, H * dk))  # Concat(head_1..head_H) W^O: (B, Tq, D)
 
-    def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """x (B, Tq, D) attends over kv (B, Tk, D)."""
-        q, k, v = self.split_heads(self.w_q(x)), self.split_heads(self.w_k(kv)), self.split_heads(self.w_v(kv))
-        return self.merge(self.attend(q, k, v, mask, causal))
-
-    def merge(self, heads: Tensor) -> Tensor:
-        B, H, L, dk = heads.shape
-        return self.w_o(heads.transpose(1, 2).reshape(B, L, H * dk))  # (B, L, D)
+    def attention_weights(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """softmax(Q K^T / sqrt(dk)) of each head, (B, H, Tq, Tk): the weights `forward` averages V with."""
+        q, k, _ = self.project(x, kv, None)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+        if causal:
+            scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1)
 
 
 class Dropout(nn.Module):
@@ -201,32 +224,10 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(config.d_model, config.d_ff, config.relu_dropout)
         self.res_self, self.res_cross, self.res_ffn = Residual(config), Residual(config), Residual(config)
 
-    def self_attention(self, h: Tensor, cache: LayerCache | None) -> Tensor:
-        attn = self.self_attn
-        if cache is None:
-            return attn(h, h, causal=True)
-        # Incremental decoding: the new positions attend to every cached position and to themselves.
-        q, k, v = attn.split_heads(attn.w_q(h)), attn.split_heads(attn.w_k(h)), attn.split_heads(attn.w_v(h))
-        if cache.self_k is not None:
-            k, v = torch.cat([cache.self_k, k], dim=2), torch.cat([cache.self_v, v], dim=2)  # (B, H, t, dk)
-        cache.self_k, cache.self_v = k, v
-        causal = q.size(2) > 1  # one new position may see everything before it
-        if causal and k.size(2) != q.size(2):
-            raise ValueError("a cached decoder step must add one position at a time after the first")
-        return attn.merge(attn.attend(q, k, v, None, causal))
-
-    def cross_attention(self, h: Tensor, memory: Tensor, src_mask: Tensor, cache: LayerCache | None) -> Tensor:
-        attn = self.cross_attn
-        if cache is None:
-            return attn(h, memory, src_mask)
-        if cache.memory_k is None:  # projected once per sentence, not once per step
-            cache.memory_k, cache.memory_v = attn.split_heads(attn.w_k(memory)), attn.split_heads(attn.w_v(memory))
-        q = attn.split_heads(attn.w_q(h))
-        return attn.merge(attn.attend(q, cache.memory_k, cache.memory_v, src_mask, False))
-
     def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, cache: LayerCache | None = None) -> Tensor:
-        y = self.res_self(y, lambda h: self.self_attention(h, cache))  # (B, T, D)
-        y = self.res_cross(y, lambda h: self.cross_attention(h, memory, src_mask, cache))
+        self_cache, cross_cache = (cache.self_attn, cache.cross_attn) if cache is not None else (None, None)
+        y = self.res_self(y, lambda h: self.self_attn(h, h, causal=True, cache=self_cache))  # (B, T, D)
+        y = self.res_cross(y, lambda h: self.cross_attn(h, memory, src_mask, cache=cross_cache))
         return self.res_ffn(y, self.ffn)
 
 
@@ -239,7 +240,8 @@ class Transformer(nn.Module):
         D = config.d_model
         # Sec. 3.4: one matrix for both embeddings and the pre-softmax linear transformation.
         self.embedding = nn.Embedding(vocab_size, D, padding_idx=pad_id)
-        self.src_embedding = self.embedding if config.share_embeddings else nn.Embedding(vocab_size, D, padding_idx=pad_id)
+        self.src_embedding = (self.embedding if config.share_embeddings
+                              else nn.Embedding(vocab_size, D, padding_idx=pad_id))
         self.register_buffer("pe", sinusoids(config.max_positions, D), persistent=False)  # (P, D)
         self.dropout = Dropout(config.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
@@ -297,10 +299,27 @@ class Transformer(nn.Module):
         """Teacher-forced logits (B, T, V) for targets tgt_in (B, T) given sources src (B, S)."""
         return self.decode(tgt_in, self.encode(src, src_pad), src_pad)
 
-    def keep_attention_weights(self, keep: bool) -> None:
-        for module in self.modules():
-            if isinstance(module, MultiHeadAttention):
-                module.keep_weights, module.weights = keep, None
+    @torch.no_grad()
+    def attention_maps(self, src: Tensor, src_pad: Tensor, tgt_in: Tensor) -> dict[str, list[Tensor]]:
+        """Every layer's attention weights (B, H, Tq, Tk) in one teacher-forced pass, by kind:
+        encoder_self, decoder_self and cross (decoder over the encoder output)."""
+        modules = {"encoder_self": [layer.self_attn for layer in self.encoder],
+                   "decoder_self": [layer.self_attn for layer in self.decoder],
+                   "cross": [layer.cross_attn for layer in self.decoder]}
+        maps = {kind: [None] * len(attns) for kind, attns in modules.items()}
+        hooks = []
+        for kind, attns in modules.items():
+            for i, attn in enumerate(attns):
+                def keep(module, args, kwargs, output, kind=kind, i=i):  # the inputs this module attended with
+                    kwargs = {k: v for k, v in kwargs.items() if k != "cache"}
+                    maps[kind][i] = module.attention_weights(*args, **kwargs)
+                hooks.append(attn.register_forward_hook(keep, with_kwargs=True))
+        try:
+            self(src, src_pad, tgt_in)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return maps
 
 
 def forward_flops(config: ModelConfig, vocab_size: int, S: int, T: int) -> int:

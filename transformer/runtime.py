@@ -1,17 +1,22 @@
-"""Where and how the model runs: device, precision, threads, seeds, distributed setup. Decided once."""
+"""Where and how the model runs: device, precision, threads, seeds, distributed setup, stop signals. Decided once."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,41 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def agree(self, reason: str | None) -> str | None:
+        """Data-parallel ranks stop together: any rank's reason stops all (one tiny all-reduce a step)."""
+        if not self.distributed:
+            return reason
+        flag = torch.tensor([1.0 if reason else 0.0])
+        dist.all_reduce(flag)
+        return reason or ("another rank stopped" if flag.item() > 0 else None)
+
     def describe(self) -> str:
         where = f"{self.device}" + (f", rank {self.rank} of {self.world_size}" if self.distributed else "")
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
         malloc = f", malloc: {self.malloc}" if self.malloc else ""
         return f"runtime: {where}{threads}{malloc}, {self.precision} ({self.reason})"
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM: finish the step, save, exit. A second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+        log.warning(f"\n{self.reason}: finishing this step and saving a checkpoint "
+                    f"(Ctrl-C again aborts without saving)")
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def cpu_has_bf16() -> bool:
@@ -93,7 +128,7 @@ def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype 
         return torch.bfloat16, "asked for bfloat16 autocast"
     if requested == "float16":
         if device.type != "cuda":
-            raise ValueError("train.precision=float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+            raise ConfigError("train.precision=float16 needs a CUDA device; use bfloat16 or float32 on CPU")
         return torch.float16, "asked for float16 autocast with a gradient scaler"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():

@@ -21,7 +21,7 @@ class Tokenizer:
         self.hf = hf
 
     @classmethod
-    def train(cls, texts, vocab_size: int, min_frequency: int = 2, lowercase: bool = False) -> "Tokenizer":
+    def train(cls, texts, vocab_size: int, min_frequency: int = 2, lowercase: bool = False) -> Tokenizer:
         hf = HFTokenizer(models.BPE(unk_token="<unk>"))
         if lowercase:  # part of the saved tokenizer, so whatever it encodes later is lower-cased too
             hf.normalizer = normalizers.Lowercase()
@@ -38,7 +38,7 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def from_str(cls, json: str) -> "Tokenizer":
+    def from_str(cls, json: str) -> Tokenizer:
         return cls(HFTokenizer.from_str(json))
 
     def to_str(self) -> str:
@@ -64,6 +64,3 @@ class Tokenizer:
         if EOS in ids:
             ids = ids[: ids.index(EOS)]
         return self.hf.decode([i for i in ids if i > UNK], skip_special_tokens=False)
-
-    def decode_batch(self, batch) -> list[str]:
-        return [self.decode(ids) for ids in batch]

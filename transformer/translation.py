@@ -1,14 +1,21 @@
-"""Text in, text out: a Translator built from a checkpoint alone (its config and tokenizer ride along)."""
+"""Text in, text out: a Translator built from a checkpoint alone (its config and tokenizer ride along).
+
+Lines come in as bytes: invalid UTF-8 is replaced and reported, a blank line gives a blank line,
+and a line longer than the model allows is truncated with a warning, so the output always has
+one line per input line.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import torch
 
 from . import checkpoint
 from .batching import collate, make_batches
 from .config import Config, ConfigError, from_dict, merge, parse_overrides
+from .errors import InputError
 from .model import Transformer
 from .search import beam_search, greedy
 from .tokenizer import Tokenizer
@@ -22,7 +29,7 @@ class Translator:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, overrides: list[str] = ()) -> "Translator":
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, overrides: list[str] = ()) -> Translator:
         """`overrides` change decode settings only, e.g. ["decode.beam_size=5", "decode.length_penalty=1.0"]."""
         changes = parse_overrides(overrides)
         fixed = sorted(set(changes) - {"decode"})
@@ -69,13 +76,13 @@ class Translator:
         budget = max(cfg.max_tokens // max(beam, 1), max(lengths, default=0) + 1)
         for batch_rows in make_batches(lengths, lengths, budget):
             indices = [todo[r] for r in batch_rows]
-            batch = collate([src_ids[i] for i in indices], None, indices).to(self.device)
+            batch = collate([src_ids[i] for i in indices]).to(self.device)
             if beam <= 1:
                 hyps = [[h] for h in greedy(self.model, batch.src, batch.src_pad, cfg.max_extra_len, use_cache)]
             else:
                 hyps = beam_search(self.model, batch.src, batch.src_pad, beam, cfg.length_penalty,
                                    cfg.max_extra_len, n_best, use_cache)
-            for i, h in zip(indices, hyps):
+            for i, h in zip(indices, hyps, strict=True):
                 results[i] = h
         return results
 
@@ -83,3 +90,31 @@ class Translator:
         """One detokenized translation per input sentence; a blank line gives an empty line."""
         hyps = self.translate_ids(self.encode([s.strip() for s in sentences]))
         return [self.tokenizer.decode(h[0].tokens) if h else "" for h in hyps]
+
+    def translate_stream(self, lines: list[str], out: TextIO, chunk: int = 2000) -> None:
+        """Translate `chunk` lines at a time, writing (and flushing) each chunk as it is done."""
+        for start in range(0, len(lines), chunk):
+            for hyp in self.translate(lines[start : start + chunk]):
+                out.write(hyp + "\n")
+            out.flush()
+
+
+def read_lines(stream: BinaryIO) -> list[str]:
+    """Decode bytes line by line; invalid UTF-8 is replaced (and reported), never a crash or a lost line."""
+    lines = []
+    for number, raw in enumerate(stream, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            log.warning(f"line {number}: invalid UTF-8, undecodable bytes replaced by U+FFFD")
+        lines.append(line.rstrip("\r\n"))
+    return lines
+
+
+def read_file(path: str | Path) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            return read_lines(f)
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror}") from None

@@ -1,0 +1,152 @@
+"""What a training run shows (rank 0 only): TensorBoard, `train_log.jsonl`, and progress.
+
+    tb/                train/{loss,ppl,lr,grad_norm,tokens_per_sec}, valid/{loss,ppl,bleu,best_bleu},
+                       validation samples as text, attention heatmaps per layer, hyperparameters
+    train_log.jsonl    the same numbers, one JSON object a line
+    hyps/              each validation's greedy translations
+
+On a terminal a progress bar shows the loss, rate and time left; elsewhere a log line every
+`train.log_every` steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .batching import collate
+from .config import Config, to_plain
+
+if TYPE_CHECKING:
+    from .data import ParallelText
+    from .model import Transformer
+    from .training import StepResult, TrainState, Validation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Interval:
+    """Sums over the steps since the last training log line."""
+
+    loss: float = 0.0
+    nll: float = 0.0
+    tokens: int = 0
+    tgt_tokens: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, config: Config, state: TrainState):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir, self.config = run_dir, config
+        self.writer = SummaryWriter(str(run_dir / "tb"))
+        if state.step == 0:
+            flat = {f"{section}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
+                    for section, values in to_plain(config.to_dict()).items() for k, v in values.items()}
+            self.writer.add_hparams(flat, {"valid/best_bleu": 0.0}, run_name=".")
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=config.train.max_steps or None, initial=state.step, unit="step", dynamic_ncols=True)
+        self.interval = Interval()
+
+    def step(self, state: TrainState, result: StepResult, seconds: float) -> None:
+        """Count one step (taken or skipped) that took `seconds`; log every `train.log_every` steps."""
+        iv = self.interval
+        if not result.skipped:
+            iv.loss, iv.nll = iv.loss + result.loss, iv.nll + result.nll
+            iv.tokens, iv.tgt_tokens = iv.tokens + result.tokens, iv.tgt_tokens + result.tgt_tokens
+            iv.steps += 1
+        iv.seconds += seconds
+        if iv.steps and state.step % self.config.train.log_every == 0:
+            self._log_interval(state, result)
+            self.interval = Interval()
+        if self.bar is not None:
+            self.bar.update(0 if result.skipped else 1)
+
+    def _log_interval(self, state: TrainState, last: StepResult) -> None:
+        iv = self.interval
+        loss = iv.loss / iv.tgt_tokens
+        ppl = math.exp(min(iv.nll / iv.tgt_tokens, 50))
+        tokens_per_sec = iv.tokens / max(iv.seconds, 1e-9)
+        for tag, value in (("loss", loss), ("ppl", ppl), ("lr", last.lr), ("grad_norm", last.grad_norm),
+                           ("tokens_per_sec", tokens_per_sec)):
+            self.writer.add_scalar(f"train/{tag}", value, state.step)
+        self._append({"step": state.step, "epoch": state.epoch, "minutes": round(state.seconds / 60, 3),
+                      "loss": loss, "ppl": ppl, "lr": last.lr, "grad_norm": last.grad_norm,
+                      "tokens_per_sec": tokens_per_sec})
+        budget = self.config.train.max_minutes
+        if self.bar is not None:
+            left = {"left": f"{max(0.0, budget - state.seconds / 60):.1f}min"} if budget else {}
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last.lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", **left,
+                                 refresh=False)
+        else:
+            log.info(f"step {state.step} | epoch {state.epoch + 1} | loss {loss:.3f} | ppl {ppl:.2f} | "
+                     f"lr {last.lr:.2e} | grad {last.grad_norm:.2f} | {tokens_per_sec:,.0f} tok/s | "
+                     f"{state.seconds / 60:.1f} min")
+
+    def validation(self, state: TrainState, result: Validation, model: Transformer, valid: ParallelText,
+                   seconds: float) -> None:
+        """Scores, samples, hypotheses and attention heatmaps of one validation."""
+        step = state.step
+        self.writer.add_scalar("valid/loss", result.loss, step)
+        self.writer.add_scalar("valid/ppl", result.ppl, step)
+        row = {"step": step, "minutes": round(state.seconds / 60, 3), "valid_loss": result.loss,
+               "valid_ppl": result.ppl}
+        message = f"validation at step {step}: loss {result.loss:.3f}, ppl {result.ppl:.2f}"
+        if result.bleu is not None:
+            self.writer.add_scalar("valid/bleu", result.bleu, step)
+            self.writer.add_scalar("valid/best_bleu", state.best_bleu, step)
+            row["valid_bleu"] = result.bleu
+            message += f", BLEU {result.bleu:.2f} (best {state.best_bleu:.2f})"
+            samples = ["| source | reference | hypothesis |", "|---|---|---|"]
+            samples += [f"| {valid.src_text[i]} | {valid.tgt_text[i]} | {result.hyps[i]} |"
+                        for i in range(min(5, len(result.hyps)))]
+            self.writer.add_text("valid/samples", "\n".join(samples), step)
+            hyp_dir = self.run_dir / "hyps"
+            hyp_dir.mkdir(parents=True, exist_ok=True)
+            (hyp_dir / f"valid_step_{step:07d}.txt").write_text("".join(h + "\n" for h in result.hyps))
+        self._attention(model, valid, step)
+        self.writer.flush()
+        self._append(row)
+        log.info(f"{message} [{seconds:.1f}s]")
+
+    def _attention(self, model: Transformer, valid: ParallelText, step: int) -> None:
+        """Heatmaps (mean over heads) of each layer's attention for the first validation sentence."""
+        batch = collate(valid.src[:1], valid.tgt[:1]).to(next(model.parameters()).device)
+        for kind, layers in model.attention_maps(batch.src, batch.src_pad, batch.tgt_in).items():
+            for i, weights in enumerate(layers):
+                self.writer.add_image(f"attention/{kind}/layer_{i + 1}", heatmap(weights[0].mean(0)), step,
+                                      dataformats="HWC")
+
+    def _append(self, row: dict) -> None:
+        with open(self.run_dir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+
+
+def heatmap(weights: torch.Tensor, cell: int = 12):
+    """(Tq, Tk) weights in [0, 1] -> an RGB image (uint8, HWC), dark blue (0) to yellow (1)."""
+    anchors = torch.tensor([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]],
+                           dtype=torch.float32)  # plasma colormap stops
+    weights = weights.detach().float().cpu()  # the colormap lives on the CPU, the model may not
+    x = (weights.clamp(0, 1) / weights.max().clamp(min=1e-9)) * (len(anchors) - 1)
+    low = x.floor().long().clamp(max=len(anchors) - 2)
+    frac = (x - low)[..., None]
+    rgb = anchors[low] * (1 - frac) + anchors[low + 1] * frac  # (Tq, Tk, 3)
+    rgb = rgb.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    return rgb.round().to(torch.uint8).numpy()
