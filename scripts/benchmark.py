@@ -85,8 +85,8 @@ def data_preparation(config) -> dict:
     return {"from_scratch_s": round(fresh, 2), "cached_s": round(cached, 2), "no_corpus_error_s": no_corpus}
 
 
-def training_throughput(config, prepared, precision: str, steps: int, warmup: int = 3) -> dict:
-    """Tokens/s and GFLOP/s of the real training step, on the first epoch's batches."""
+def training_throughput(config, prepared, precision: str, steps: int, peak: float, warmup: int = 3) -> dict:
+    """Tokens/s and GFLOP/s (and its fraction of the matmul `peak`) of the real training step."""
     rt = runtime.setup(replace(config.train, precision=precision))
     model = Transformer(config.model, prepared.tokenizer.vocab_size)
     ctx = Context(config, rt, prepared, model, model, make_optimizer(model, config.train))
@@ -103,8 +103,10 @@ def training_throughput(config, prepared, precision: str, steps: int, warmup: in
             flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, src_lens[i] + 1,
                                            tgt_lens[i] + 1) for batch in group for i in batch)
     seconds = time.perf_counter() - tic
+    gflops = flops / seconds / 1e9
     return {"precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
-            "gflops": round(flops / seconds / 1e9, 1), "peak_rss_gib": round(peak_rss_gib(), 2)}
+            "gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak, 3),
+            "peak_rss_gib": round(peak_rss_gib(), 2)}
 
 
 def peak_rss_gib() -> float:
@@ -154,20 +156,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
     report = {"machine": machine(), "config": args.config}
-    print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch {torch.__version__}",
-          file=sys.stderr)
+    print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores", file=sys.stderr)
     report["matmul_peak_gflops"] = {"float32": round(matmul_peak(torch.float32), 1),
                                     "bfloat16": round(matmul_peak(torch.bfloat16), 1)}
     report["data_preparation"] = data_preparation(config)
     prepared = prepare(config)
     report["data_preparation"]["padding_fraction"] = padding(config, prepared)
-    report["training"] = [training_throughput(config, prepared, p, args.steps) for p in ("float32", "bfloat16")]
-    for row in report["training"]:
-        row["fraction_of_peak"] = round(row["gflops"] / report["matmul_peak_gflops"][row["precision"]], 3)
+    report["training"] = [training_throughput(config, prepared, p, args.steps, report["matmul_peak_gflops"][p])
+                          for p in ("float32", "bfloat16")]
     translator, report["decoding_checkpoint"] = decoding_translator(config, prepared, args.ckpt)
     report["decoding"] = decoding(translator, args.uncached)
     report["peak_rss_gib"] = round(peak_rss_gib(), 2)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # runs/ may not exist yet
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(table(report) + f"\n\n(full report: {args.json})")
     return 0

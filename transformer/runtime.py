@@ -148,6 +148,8 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
     dev = torch.device(device)
     malloc = ""
     if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device} asked for, but torch sees no CUDA device; use --device cpu")
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)  # plain "cuda": this rank's GPU
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
