@@ -195,3 +195,20 @@ def test_long_pairs_are_filtered_with_a_count(tmp_path, caplog):
     prepared = prepare(config, tmp_path / "cache")
     assert len(prepared.train) == 20
     assert "longer than data.max_len=16" in caplog.text
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
+    folder = write_corpus(tmp_path / "c", {"train": [("ein Hund", "a dog"), ("x", "y")]})
+    (folder / "train.de").write_bytes(b"ein Hund\n\xff\xfe kaputt\n")
+    split = read_split(load_config(None, [f"data.path={folder}"]).data, "train")
+    assert split.src_text == ["ein Hund", "\ufffd\ufffd kaputt"] and split.tgt_text == ["a dog", "y"]
+    assert "train.de: invalid UTF-8 replaced by U+FFFD in lines: 1" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n"])
+def test_an_empty_split_names_its_file(tmp_path, content):
+    folder = write_corpus(tmp_path / "c", {"train": [("a", "b")]})
+    (folder / "train.de").write_bytes(content)
+    (folder / "train.en").write_bytes(content)
+    with pytest.raises(DataError, match="train"):
+        read_split(load_config(None, [f"data.path={folder}"]).data, "train")

@@ -209,6 +209,28 @@ def test_sigterm_finishes_the_step_and_leaves_a_loadable_checkpoint(small_corpus
     assert state["state"]["step"] >= 3 and "optimizer" in state and "tokenizer" in state
 
 
+def test_a_live_training_locks_its_run_folder_and_a_killed_one_releases_it(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "scripts.train", "--config", "configs/tiny.yaml", "--run-dir", str(run),
+               "--data", str(small_corpus), "train.valid_bleu=false", "train.log_every=1"]
+    first = subprocess.Popen([*command, "train.max_steps=100000"], cwd=ROOT, env=_env(tmp_path),
+                             stderr=subprocess.DEVNULL)
+    log = run / "train_log.jsonl"
+    deadline = time.time() + 120
+    while not log.is_file():
+        assert first.poll() is None and time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    second = subprocess.run([*command, "train.max_steps=5"], cwd=ROOT, env=_env(tmp_path), capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"is being trained by process {first.pid} on" in second.stderr
+    first.kill()  # kill -9: no handler runs, the kernel drops the lock
+    first.wait(timeout=60)
+    third = subprocess.run([*command, "train.max_steps=5"], cwd=ROOT, env=_env(tmp_path), capture_output=True,
+                           text=True, timeout=120)
+    assert third.returncode == 0, third.stderr[-2000:]
+
+
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_corpus, tmp_path):
     common = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "train.max_steps=4",
               "train.valid_bleu=false", "model.dropout=0", "train.max_tokens=400"]

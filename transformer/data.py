@@ -156,6 +156,8 @@ def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) ->
     else:
         src, tgt = _read_hub(corpus, split, cfg)
     keep = [i for i, (s, t) in enumerate(zip(src, tgt, strict=True)) if s.strip() and t.strip()]
+    if not keep:
+        raise DataError(f"the {split} split of {corpus} holds no pair with text on both sides")
     if len(keep) < len(src):
         log.info(f"{split}: dropped {len(src) - len(keep)} pairs with an empty side")
         src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
@@ -163,8 +165,6 @@ def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) ->
 
 
 def _read_local(folder: Path, split: str, cfg: DataConfig) -> tuple[list[str], list[str]]:
-    import datasets
-
     layout = _local_layout(folder, split, cfg)
     if layout is None:
         raise DataError(f"split '{split}' not found in {folder} for {cfg.src_lang}-{cfg.tgt_lang}; the splits "
@@ -173,7 +173,7 @@ def _read_local(folder: Path, split: str, cfg: DataConfig) -> tuple[list[str], l
     if kind == "text":
         lines = {}
         for lang, path in files.items():
-            table = datasets.load_dataset("text", data_files={split: str(path)}, split=split, keep_linebreaks=False)
+            table = _load(path, "text", keep_linebreaks=False)
             lines[lang] = [line.rstrip("\r") for line in table["text"]]
         src, tgt = lines[cfg.src_lang], lines[cfg.tgt_lang]
         if len(src) != len(tgt):
@@ -182,15 +182,33 @@ def _read_local(folder: Path, split: str, cfg: DataConfig) -> tuple[list[str], l
         return src, tgt
     path = files["both"]
     if kind == "json":
-        table = datasets.load_dataset("json", data_files={split: str(path)}, split=split)
+        table = _load(path, "json")
     else:
-        table = datasets.load_dataset("csv", data_files={split: str(path)}, split=split, delimiter="\t",
-                                      quoting=3, keep_default_na=False)
+        table = _load(path, "csv", delimiter="\t", quoting=3, keep_default_na=False)
     missing = [lang for lang in (cfg.src_lang, cfg.tgt_lang) if lang not in table.column_names]
     if missing:
         raise DataError(f"{path} has fields {table.column_names} but not {missing}; "
                         f"name one field (jsonl) or header column (tsv) after each language code")
     return [str(s or "") for s in table[cfg.src_lang]], [str(t or "") for t in table[cfg.tgt_lang]]
+
+
+def _load(path: Path, builder: str, **options):
+    """One local file through an HF `datasets` builder. Invalid UTF-8 is replaced by U+FFFD and
+    counted; an empty or unreadable file is a DataError naming it."""
+    import datasets
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty; a split needs sentence pairs, one a line")
+    try:
+        table = datasets.load_dataset(builder, data_files={"file": str(path)}, split="file", encoding_errors="replace",
+                                      **options)
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise DataError(f"cannot read {path}: {error.__cause__ or error}") from None
+    if builder == "text":
+        replaced = sum("\ufffd" in line for line in table["text"])
+        if replaced:
+            log.warning(f"{path}: invalid UTF-8 replaced by U+FFFD in lines: {replaced}")
+    return table
 
 
 def _read_hub(hub_id: str, split: str, cfg: DataConfig) -> tuple[list[str], list[str]]:

@@ -1,11 +1,14 @@
-"""Where and how the model runs: device, precision, threads, seeds, distributed setup, stop signals. Decided once."""
+"""Where and how the model runs: device, precision, threads, seeds, distributed setup; the signals
+that stop a run and the lock that keeps one process per run folder. Decided once."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .config import ConfigError, TrainConfig
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,30 @@ class StopRequest:
     def restore(self):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+class RunInUse(UserError):
+    """Another live process is training the same run folder."""
+
+
+def lock_run(run_dir: Path):
+    """Hold <run>/.lock while training, so a second training of the same run refuses at once.
+    The kernel releases the lock when the process ends, however it ends (kill -9 included)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunInUse(f"{run_dir} is being trained by {holder}; wait for it, stop it (Ctrl-C or kill), "
+                       f"or train into another folder with RUN=runs/<new name>") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
 
 def cpu_has_bf16() -> bool:

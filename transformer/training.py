@@ -90,43 +90,40 @@ class Context:
 
 
 def train(config: Config, run_dir: str | Path, device: str | None = None) -> TrainState:
+    """Train `config` into `run_dir`, resuming the run if the folder holds checkpoints."""
     run_dir = Path(run_dir)
     rt = runtime.setup(config.train, device)
-    if rt.is_main:
-        log.info(rt.describe())
-    data = _prepare(config, rt)
-    model = Transformer(config.model, data.tokenizer.vocab_size).to(rt.device)
-    optimizer = make_optimizer(model, config.train)
-    scaler = torch.amp.GradScaler("cuda") if rt.autocast_dtype == torch.float16 else None
-    ctx = Context(config, rt, data, model, model, optimizer, scaler, run_dir)
-    state = _resume_or_start(ctx)
-    max_steps = config.train.max_steps
-    if max_steps and state.step >= max_steps:
-        log.info(f"{run_dir} already reached train.max_steps={max_steps}; raise it to train further, "
-                 f'e.g. ARGS="train.max_steps={max_steps * 2}"')
-        return state
-    if rt.distributed:
-        ctx.net = torch.nn.parallel.DistributedDataParallel(model)
-    if config.train.compile:
-        ctx.net = torch.compile(ctx.net)
-    ctx.monitor, ctx.stop = Monitor(run_dir, config, state) if rt.is_main else None, runtime.StopRequest()
     try:
-        loop(ctx, state)
-        if rt.distributed:
-            dist.barrier()  # no rank tears the group down while another still talks to it
-    except KeyboardInterrupt:  # a second Ctrl-C: nothing is saved
-        log.error(f"\naborted; the last checkpoint in {run_dir}/checkpoints is intact. "
-                  f"Resume: make train RUN={run_dir}")
-        raise
+        with runtime.lock_run(run_dir) if rt.is_main else contextlib.nullcontext():
+            ctx, state = _build(config, run_dir, rt)
+            max_steps = config.train.max_steps
+            if max_steps and state.step >= max_steps:
+                log.info(f"{run_dir} already reached train.max_steps={max_steps}; raise it to train further, "
+                         f'e.g. ARGS="train.max_steps={max_steps * 2}"')
+                return state
+            if rt.distributed:
+                ctx.net = torch.nn.parallel.DistributedDataParallel(ctx.model)
+            if config.train.compile:
+                ctx.net = torch.compile(ctx.net)
+            ctx.monitor, ctx.stop = Monitor(run_dir, config, state) if rt.is_main else None, runtime.StopRequest()
+            try:
+                loop(ctx, state)
+                if rt.distributed:
+                    dist.barrier()  # no rank tears the group down while another still talks to it
+            except KeyboardInterrupt:  # a second Ctrl-C: nothing is saved
+                log.error(f"\naborted; the last checkpoint in {run_dir}/checkpoints is intact. "
+                          f"Resume: make train RUN={run_dir}")
+                raise
+            finally:
+                ctx.stop.restore()
+                if ctx.monitor is not None:
+                    ctx.monitor.close()
+                if rt.distributed:  # DDP sits in a reference cycle: free it now, not in a Gloo/NCCL teardown at exit
+                    del ctx
+                    gc.collect()
+            return state
     finally:
-        ctx.stop.restore()
-        if ctx.monitor is not None:
-            ctx.monitor.close()
-        if rt.distributed:  # DDP sits in a reference cycle: free it now, not in a Gloo/NCCL teardown at exit
-            del ctx
-            gc.collect()
         runtime.teardown()
-    return state
 
 
 def loop(ctx: Context, state: TrainState) -> None:
@@ -279,6 +276,18 @@ def save_checkpoint(ctx: Context, state: TrainState, name: str | None = None) ->
 
 
 # ---------------------------------------------------------------------------- helpers
+
+def _build(config: Config, run_dir: Path, rt: runtime.Runtime) -> tuple[Context, TrainState]:
+    """Data, model and optimizer, and the run's state: resumed from its newest checkpoint, or new."""
+    if rt.is_main:
+        log.info(rt.describe())
+    data = _prepare(config, rt)
+    model = Transformer(config.model, data.tokenizer.vocab_size).to(rt.device)
+    optimizer = make_optimizer(model, config.train)
+    scaler = torch.amp.GradScaler("cuda") if rt.autocast_dtype == torch.float16 else None
+    ctx = Context(config, rt, data, model, model, optimizer, scaler, run_dir)
+    return ctx, _resume_or_start(ctx)
+
 
 def _prepare(config: Config, rt: runtime.Runtime) -> Prepared:
     """Rank 0 prepares (and caches) the data first; the others then read the cache."""
