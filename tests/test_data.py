@@ -212,3 +212,12 @@ def test_an_empty_split_names_its_file(tmp_path, content):
     (folder / "train.en").write_bytes(content)
     with pytest.raises(DataError, match="train"):
         read_split(load_config(None, [f"data.path={folder}"]).data, "train")
+
+
+def test_the_bpe_learns_from_evenly_spaced_pairs_up_to_its_cap():
+    from transformer.data import ParallelText, bpe_sentences
+
+    split = ParallelText([f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)])
+    assert list(bpe_sentences(split, 0)) == list(bpe_sentences(split, 10)) == split.src_text + split.tgt_text
+    assert list(bpe_sentences(split, 4)) == ["s0", "s3", "s6", "s9", "t0", "t3", "t6", "t9"]
+    assert list(bpe_sentences(split, 5)) == ["s0", "s2", "s4", "s6", "s8", "t0", "t2", "t4", "t6", "t8"]

@@ -55,6 +55,7 @@ class TokenizerConfig:
     vocab_size: int = 37000  # one joint BPE vocabulary for both languages (Sec. 5.1)
     min_frequency: int = 2
     lowercase: bool = False  # lower-case all text before BPE, as most Multi30k papers train; outputs are lower-case
+    train_sentences: int = 1_000_000  # sentence pairs the BPE learns from, evenly spaced; 0 = all
 
 
 @dataclass(frozen=True)

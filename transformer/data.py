@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -274,8 +275,9 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
     cfg = config.data
     log.info(f"data: {corpus} ({cfg.src_lang} -> {cfg.tgt_lang})")
     train, valid = read_split(cfg, cfg.train_split, corpus), read_split(cfg, cfg.valid_split, corpus)
-    tokenizer = Tokenizer.train(train.src_text + train.tgt_text, config.tokenizer.vocab_size,
-                                config.tokenizer.min_frequency, config.tokenizer.lowercase)
+    tok = config.tokenizer
+    tokenizer = Tokenizer.train(bpe_sentences(train, tok.train_sentences), tok.vocab_size, tok.min_frequency,
+                                tok.lowercase)
     for split in (train, valid):
         split.src, split.tgt = tokenizer.encode_batch(split.src_text), tokenizer.encode_batch(split.tgt_text)
     # Over-long training pairs are dropped.
@@ -295,6 +297,14 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
     log.info(f"data: {len(train):,} train / {len(valid):,} valid pairs, vocabulary {tokenizer.vocab_size:,} "
              f"({time.perf_counter() - start:.1f}s)")
     return prepared
+
+
+def bpe_sentences(split: ParallelText, limit: int) -> Iterator[str]:
+    """The sentences the joint BPE learns from: both sides of at most `limit` pairs (0: all), evenly
+    spaced through the split, so a large corpus need not pass through the trainer whole."""
+    every = max(1, -(-len(split) // limit)) if limit else 1
+    yield from split.src_text[::every]
+    yield from split.tgt_text[::every]
 
 
 def _pack(ids: list[list[int]]) -> dict:
