@@ -3,11 +3,12 @@ import json
 import threading
 
 import pytest
+import torch
 
 from tests.conftest import write_corpus
 from transformer import data as data_module
 from transformer.batching import collate, make_batches, padding_fraction, shard
-from transformer.config import load_config
+from transformer.config import ConfigError, load_config
 from transformer.data import DataError, prepare, read_split
 from transformer.tokenizer import BOS, EOS, PAD, Tokenizer
 
@@ -89,11 +90,55 @@ def test_batches_respect_the_token_budget_and_cover_the_data(prepared):
     assert padding_fraction(batches, src, tgt) == pytest.approx(1 - real / padded)
 
 
+def reference_batches(src_lens, tgt_lens, max_tokens, seed=None):
+    """Token-budget batching written plainly, one pair at a time: what make_batches must equal."""
+    import random
+
+    order = list(range(len(src_lens)))
+    rng = random.Random(seed)
+    if seed is not None:
+        rng.shuffle(order)
+    order.sort(key=lambda i: (src_lens[i], tgt_lens[i]))
+    batches, current, longest_src, longest_tgt = [], [], 0, 0
+    for i in order:
+        s, t = src_lens[i] + 1, tgt_lens[i] + 1
+        ls, lt = max(longest_src, s), max(longest_tgt, t)
+        if current and (len(current) + 1) * max(ls, lt) > max_tokens:
+            batches.append(current)
+            current, ls, lt = [], s, t
+        current.append(i)
+        longest_src, longest_tgt = ls, lt
+    batches.append(current)
+    if seed is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def test_vectorized_batches_equal_the_plain_algorithm(prepared):
+    src = [len(s) for s in prepared.train.src]
+    tgt = [len(t) for t in prepared.train.tgt]
+    g = torch.Generator().manual_seed(0)
+    noisy_src = torch.randint(0, 60, (5000,), generator=g).tolist()
+    noisy_tgt = torch.randint(0, 90, (5000,), generator=g).tolist()
+    for lengths, budgets in (((src, tgt), (4096, 1000, 130)), ((noisy_src, noisy_tgt), (2000, 91))):
+        for budget in budgets:
+            for seed in (None, 1, 7):
+                batches = make_batches(*lengths, budget, seed=seed)
+                assert [b.tolist() for b in batches] == reference_batches(*lengths, budget, seed)
+
+
+def test_a_pair_over_the_budget_is_a_config_error():
+    with pytest.raises(ConfigError, match="max_tokens=10"):
+        make_batches([3, 12, 4], [3, 4, 5], 10)
+
+
 def test_same_seed_same_batches():
     src = [(i * 7) % 23 + 1 for i in range(500)]
     tgt = [(i * 5) % 19 + 1 for i in range(500)]
-    assert make_batches(src, tgt, 200, seed=1) == make_batches(src, tgt, 200, seed=1)
-    assert make_batches(src, tgt, 200, seed=1) != make_batches(src, tgt, 200, seed=2)
+    def batches(seed):
+        return [b.tolist() for b in make_batches(src, tgt, 200, seed=seed)]
+
+    assert batches(1) == batches(1) and batches(1) != batches(2)
 
 
 def test_target_shift():
