@@ -60,10 +60,12 @@ def make_batches(src_lens, tgt_lens, max_tokens: int, seed: int | None = None) -
     src = np.asarray(src_lens, dtype=np.int64) + 1  # + </s>
     tgt = np.asarray(tgt_lens, dtype=np.int64) + 1  # + <s> in the input, + </s> in the output
     rng = random.Random(seed)
-    order = list(range(len(src)))
-    if seed is not None:
+    if seed is None:
+        order = np.arange(len(src))
+    else:
+        order = list(range(len(src)))
         rng.shuffle(order)  # random tie-breaking for the stable sort below
-    order = np.asarray(order, dtype=np.int64)
+        order = np.asarray(order, dtype=np.int64)
     order = order[np.lexsort((tgt[order], src[order]))]  # stable: by source length, then target length
     s, t = src[order], tgt[order]
     too_long = np.flatnonzero(np.maximum(s, t) > max_tokens)

@@ -138,7 +138,7 @@ class MultiHeadAttention(nn.Module):
 
     def attention_weights(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """softmax(Q K^T / sqrt(dk)) of each head, (B, H, Tq, Tk): the weights `forward` averages V with."""
-        q, k, _ = self.project(x, kv, None)
+        q, k = self.split_heads(self.w_q(x)), self.split_heads(self.w_k(kv))  # V is not needed for weights
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
         if causal:
             scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
