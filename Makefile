@@ -14,28 +14,32 @@ SENTENCE ?=
 OUT      ?=
 PORT     ?= 6006
 export SENTENCE
-# tcmalloc, where installed (Debian / Ubuntu: apt install libtcmalloc-minimal4), serves torch's CPU
-# tensors from per-size free lists: glibc's lists grow with every step's differently shaped tensors
-# until malloc slows a long CPU run down. TCMALLOC= (empty) keeps glibc.
-TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+# A malloc that keeps a long CPU run's memory and speed flat: glibc's free lists grow with every
+# step's differently shaped tensors until the process is GBs larger and malloc slows it down.
+# tcmalloc where the system has it (Debian / Ubuntu: apt install libtcmalloc-minimal4), else
+# mimalloc from its PyPI wheel (make install). MALLOC= (empty) keeps glibc.
+TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
               /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
-ifneq ($(TCMALLOC),)
-export LD_PRELOAD := $(TCMALLOC)
+MALLOC   ?= $(or $(TCMALLOC),$(shell $(PYTHON) -c 'import importlib.metadata as m; \
+              print(*[f.locate() for f in m.files("cmeel-mimalloc") if f.name == "libmimalloc.so"][:1])' 2>/dev/null))
+ifneq ($(MALLOC),)
+export LD_PRELOAD := $(MALLOC)
 export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD := 1099511627776
 endif
 
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: help install test lint train translate evaluate average distill tensorboard summary bench clean
+.PHONY: help install test lint train translate evaluate average distill tensorboard summary bench bench-scale clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) DATA=<corpus folder> ARGS=\"train.max_steps=100 ...\" NPROC=$(NPROC) CKPT= SPLIT="
 
 install:  ## install the package and its dependencies (keeps an existing torch)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
 	$(PYTHON) -m pip install -e ".[dev]"
+	@$(PYTHON) -m pip install --only-binary=:all: cmeel-mimalloc || echo "no mimalloc wheel here: glibc malloc"
 
 test:  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q tests
@@ -66,6 +70,9 @@ summary:  ## parameters, FLOPs per token and the paper ledger of CONFIG
 
 bench:  ## training and decoding speed, data preparation time (under 10 minutes)
 	$(PYTHON) -m scripts.benchmark $(ARGS)
+
+bench-scale:  ## data at the paper's scale: PAIRS= synthetic pairs (default 4.5M) prepared and trained (~30 min)
+	$(PYTHON) -m scripts.bench_scale --pairs $(or $(PAIRS),4500000) $(ARGS)
 
 clean:  ## remove caches (runs/ is kept)
 	rm -rf .pytest_cache build *.egg-info

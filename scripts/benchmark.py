@@ -90,7 +90,7 @@ def training_throughput(config, prepared, precision: str, steps: int, peak: floa
     rt = runtime.setup(replace(config.train, precision=precision))
     model = Transformer(config.model, prepared.tokenizer.vocab_size)
     ctx = Context(config, rt, prepared, model, model, make_optimizer(model, config.train))
-    src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
+    src_lens, tgt_lens = prepared.train.src.lengths, prepared.train.tgt.lengths
     groups = step_groups(src_lens, tgt_lens, config.train.max_tokens, config.train.seed,
                          accumulate=config.train.accumulate)
     tokens = flops = 0
@@ -100,8 +100,8 @@ def training_throughput(config, prepared, precision: str, steps: int, peak: floa
         result = train_step(ctx, group, k + 1)
         if k >= warmup:
             tokens += result.tokens
-            flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, src_lens[i] + 1,
-                                           tgt_lens[i] + 1) for batch in group for i in batch)
+            flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, int(src_lens[i]) + 1,
+                                           int(tgt_lens[i]) + 1) for batch in group for i in batch)
     seconds = time.perf_counter() - tic
     gflops = flops / seconds / 1e9
     return {"precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
 
 
 def padding(config, prepared) -> float:
-    src_lens, tgt_lens = [len(s) for s in prepared.train.src], [len(t) for t in prepared.train.tgt]
+    src_lens, tgt_lens = prepared.train.src.lengths, prepared.train.tgt.lengths
     return round(padding_fraction(make_batches(src_lens, tgt_lens, config.train.max_tokens, seed=1), src_lens,
                                   tgt_lens), 4)
 

@@ -2,6 +2,7 @@
 import json
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,16 +69,27 @@ def test_prepare_is_cached(multi30k, cache_dir, prepared, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a cached prepare read the corpus or trained a tokenizer")
 
-    monkeypatch.setattr(data_module, "read_split", must_not_run)  # the benchmark times the cache
+    monkeypatch.setattr(data_module, "split_table", must_not_run)  # the benchmark times the cache
     monkeypatch.setattr(Tokenizer, "train", must_not_run)
     again = prepare(load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]), cache_dir)
     assert again.tokenizer.to_str() == prepared.tokenizer.to_str()
-    assert again.train.src == prepared.train.src and again.valid.tgt_text == prepared.valid.tgt_text
+    assert (again.train.src.ids == prepared.train.src.ids).all() and again.valid.tgt_text == prepared.valid.tgt_text
+
+
+def test_prepared_ids_are_the_tokenizers_and_no_text_is_kept(prepared, multi30k):
+    cfg = load_config("configs/multi30k.yaml", [f"data.path={multi30k}"]).data
+    train = read_split(cfg, "train")
+    tok = prepared.tokenizer
+    assert len(prepared.train) == len(train) == 29000
+    assert isinstance(prepared.train.src.ids, np.memmap) and not hasattr(prepared.train, "src_text")
+    for i in (0, 1, 14_321, 28_999):
+        assert prepared.train.src[i].tolist() == tok.encode(train.src_text[i])
+        assert prepared.train.tgt[i].tolist() == tok.encode(train.tgt_text[i])
+    assert prepared.train.tgt.lengths[28_999] == len(tok.encode(train.tgt_text[28_999]))
 
 
 def test_batches_respect_the_token_budget_and_cover_the_data(prepared):
-    src = [len(s) for s in prepared.train.src]
-    tgt = [len(t) for t in prepared.train.tgt]
+    src, tgt = prepared.train.src.lengths, prepared.train.tgt.lengths
     batches = make_batches(src, tgt, 4096, seed=3)
     assert sorted(i for b in batches for i in b) == list(range(len(src)))
     real = padded = 0
@@ -115,8 +127,7 @@ def reference_batches(src_lens, tgt_lens, max_tokens, seed=None):
 
 
 def test_vectorized_batches_equal_the_plain_algorithm(prepared):
-    src = [len(s) for s in prepared.train.src]
-    tgt = [len(t) for t in prepared.train.tgt]
+    src, tgt = prepared.train.src.lengths.tolist(), prepared.train.tgt.lengths.tolist()
     g = torch.Generator().manual_seed(0)
     noisy_src = torch.randint(0, 60, (5000,), generator=g).tolist()
     noisy_tgt = torch.randint(0, 90, (5000,), generator=g).tolist()
@@ -260,9 +271,39 @@ def test_an_empty_split_names_its_file(tmp_path, content):
 
 
 def test_the_bpe_learns_from_evenly_spaced_pairs_up_to_its_cap():
-    from transformer.data import ParallelText, bpe_sentences
+    import datasets
 
-    split = ParallelText([f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)])
-    assert list(bpe_sentences(split, 0)) == list(bpe_sentences(split, 10)) == split.src_text + split.tgt_text
-    assert list(bpe_sentences(split, 4)) == ["s0", "s3", "s6", "s9", "t0", "t3", "t6", "t9"]
-    assert list(bpe_sentences(split, 5)) == ["s0", "s2", "s4", "s6", "s8", "t0", "t2", "t4", "t6", "t8"]
+    from transformer.data import bpe_sentences
+
+    src, tgt = [f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)]
+    table = datasets.Dataset.from_dict({"src": src, "tgt": tgt})
+    sentences = lambda limit: [s for chunk in bpe_sentences(table, limit) for s in chunk]
+    assert sentences(0) == sentences(10) == src + tgt
+    assert sentences(4) == ["s0", "s3", "s6", "s9", "t0", "t3", "t6", "t9"]
+    assert sentences(5) == ["s0", "s2", "s4", "s6", "s8", "t0", "t2", "t4", "t6", "t8"]
+    table = datasets.Dataset.from_dict({"src": ["a", " ", "c"], "tgt": ["x", "y", ""]})
+    assert sentences(0) == ["a", "x"]  # pairs with an empty side are not learned from
+
+
+def test_an_interrupted_preparation_is_never_trusted(tmp_path, monkeypatch):
+    folder = write_corpus(tmp_path / "c", {"train": [("ein Hund", "a dog"), ("eine Katze", "a cat")] * 10,
+                                           "val": [("ein Hund", "a dog")]})
+    config = load_config(None, [f"data.path={folder}", "tokenizer.vocab_size=300"])
+    cache = tmp_path / "cache"
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_module, "_encode_train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config, cache)
+    assert list(cache.iterdir()) == []  # the half-built folder is gone
+    monkeypatch.undo()
+    (cache / "data-0123456789abcdef.tmp-999999999").mkdir()  # what a kill -9 leaves (no such process)
+    prepared = prepare(config, cache)
+    assert [p.name for p in cache.iterdir()] == [f"data-{data_module._fingerprint(config, folder)}"]
+    assert len(prepared.train) == 20
+    expected = prepared.train.tgt[3].tolist()
+    del prepared  # its memory map of the file damaged next
+    (next(cache.iterdir()) / "train.tgt.bin").write_bytes(b"")  # damaged: rebuilt, not trusted
+    assert prepare(config, cache).train.tgt[3].tolist() == expected

@@ -1,5 +1,6 @@
 """The recipe (schedule, loss), checkpoints, resume, signals and data parallelism."""
 import glob
+import importlib.metadata
 import json
 import os
 import platform
@@ -31,7 +32,11 @@ def test_learning_rate_is_the_paper_formula_and_peaks_at_warmup():
 
 TCMALLOC = next(iter(glob.glob("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4")
                      + glob.glob("/usr/lib64/libtcmalloc_minimal.so.4")), None)
-WITHOUT_PRELOAD = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TCMALLOC")}
+try:  # the wheel `make install` adds
+    MIMALLOC = next(str(f.locate()) for f in importlib.metadata.files("cmeel-mimalloc") if f.name == "libmimalloc.so")
+except (importlib.metadata.PackageNotFoundError, StopIteration):
+    MIMALLOC = None
+WITHOUT_PRELOAD = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC")}
 
 
 def runtime_line(preload: str = "") -> str:
@@ -54,12 +59,12 @@ def test_freed_memory_is_kept_where_glibc_allows_it():
     assert "malloc: glibc, keeps freed memory" in runtime_line()  # and the run log says so
 
 
-@pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (apt install libtcmalloc-minimal4)")
-def test_make_preloads_tcmalloc_where_installed():
+@pytest.mark.skipif(TCMALLOC is None and MIMALLOC is None, reason="neither tcmalloc nor the mimalloc wheel installed")
+def test_make_preloads_tcmalloc_or_else_mimalloc():
     shown = preload_under_make()
-    assert os.path.realpath(shown) == os.path.realpath(TCMALLOC)
-    assert "malloc: tcmalloc" in runtime_line(shown)
-    assert preload_under_make("TCMALLOC=") == ""
+    assert os.path.realpath(shown) == os.path.realpath(TCMALLOC or MIMALLOC)
+    assert f"malloc: {'tcmalloc' if TCMALLOC else 'mimalloc'}" in runtime_line(shown)
+    assert preload_under_make("MALLOC=") == ""
 
 
 def test_loss_without_smoothing_is_cross_entropy_ignoring_padding():

@@ -33,19 +33,24 @@ class Batch:
                      self.tgt_tokens)
 
 
-def pad(seqs: list[list[int]]) -> Tensor:
-    """Right-pad id lists into a (B, L) tensor."""
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
+def pad(seqs, bos: bool = False, eos: bool = False) -> Tensor:
+    """Right-pad id sequences (lists or arrays) into a (B, L) tensor, with <s> before / </s> after each."""
+    lengths = [len(seq) for seq in seqs]
+    out = np.full((len(seqs), max(lengths) + bos + eos), PAD, dtype=np.int64)
+    for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
+        out[row, bos : bos + n] = seq
+        if bos:
+            out[row, 0] = BOS
+        if eos:
+            out[row, bos + n] = EOS
+    return torch.from_numpy(out)
 
 
-def collate(src: list[list[int]], tgt: list[list[int]] | None = None) -> Batch:
-    """Build a Batch from subword ids without specials; `tgt` None for translation-only batches."""
-    source = pad([s + [EOS] for s in src])
+def collate(src, tgt=None) -> Batch:
+    """Build a Batch from subword ids without specials (lists or arrays); `tgt` None to translate."""
+    source = pad(src, eos=True)
     tgt = tgt if tgt is not None else [[] for _ in src]
-    tgt_in, tgt_out = pad([[BOS] + t for t in tgt]), pad([t + [EOS] for t in tgt])
+    tgt_in, tgt_out = pad(tgt, bos=True), pad(tgt, eos=True)
     return Batch(source, source == PAD, tgt_in, tgt_out, int((source != PAD).sum()), int((tgt_out != PAD).sum()))
 
 

@@ -42,6 +42,7 @@ class DataConfig:
     path: str = ""  # local corpus folder; empty: try `local_dirs`, then the hub
     local_dirs: tuple[str, ...] = ("data/multi30k", "../shared/data/multi30k")
     hub_id: str = "bentrevett/multi30k"
+    hub_config: str = ""  # the hub dataset's configuration, e.g. "de-en" for wmt/wmt14
     src_lang: str = "de"
     tgt_lang: str = "en"
     train_split: str = "train"

@@ -9,11 +9,15 @@ Sources, tried in this order:
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,17 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
+import numpy as np
+from tqdm import tqdm
 
-from . import checkpoint
 from .config import Config, DataConfig, to_plain
 from .errors import UserError
+from .indexed import Sentences, SentenceWriter, id_dtype
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 HUB_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "test_2016_flickr": "test"}
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 class DataError(UserError):
@@ -145,42 +150,60 @@ def _hub_cached(hub_id: str) -> bool:
 
 # ---------------------------------------------------------------------------- reading a split
 
-def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) -> ParallelText:
-    """Raw sentence pairs of one split, empty pairs dropped (with a count in the log)."""
+def split_table(cfg: DataConfig, split: str, corpus: str | Path | None = None):
+    """One split as a `datasets.Dataset` with columns `src` and `tgt`: Arrow, memory-mapped from the
+    HF datasets cache, so a split of millions of pairs is read in chunks and never held whole."""
     corpus = find_corpus(cfg) if corpus is None else corpus
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    if isinstance(corpus, Path):
-        src, tgt = _read_local(corpus, split, cfg)
-    else:
-        src, tgt = _read_hub(corpus, split, cfg)
-    keep = [i for i, (s, t) in enumerate(zip(src, tgt, strict=True)) if s.strip() and t.strip()]
-    if not keep:
+    table = _local_table(corpus, split, cfg) if isinstance(corpus, Path) else _hub_table(corpus, split, cfg)
+    if len(table) == 0:
+        raise DataError(f"the {split} split of {corpus} is empty; a split needs sentence pairs")
+    return table
+
+
+def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) -> ParallelText:
+    """Raw sentence pairs of a small split as lists, empty pairs dropped (with a count in the log)."""
+    corpus = find_corpus(cfg) if corpus is None else corpus
+    src, tgt, dropped = [], [], 0
+    for src_chunk, tgt_chunk in pair_chunks(split_table(cfg, split, corpus)):
+        for s, t in zip(src_chunk, tgt_chunk, strict=True):
+            if s.strip() and t.strip():
+                src.append(s)
+                tgt.append(t)
+            else:
+                dropped += 1
+    if not src:
         raise DataError(f"the {split} split of {corpus} holds no pair with text on both sides")
-    if len(keep) < len(src):
-        log.info(f"{split}: dropped {len(src) - len(keep)} pairs with an empty side")
-        src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+    if dropped:
+        log.info(f"{split}: dropped {dropped} pairs with an empty side")
     return ParallelText(src, tgt)
 
 
-def _read_local(folder: Path, split: str, cfg: DataConfig) -> tuple[list[str], list[str]]:
+def pair_chunks(table, size: int = 50_000) -> Iterator[tuple[list[str], list[str]]]:
+    """(sources, targets) of `size` consecutive pairs at a time."""
+    clean = lambda column: [str(text or "").rstrip("\r") for text in column]
+    for chunk in table.iter(batch_size=size):
+        yield clean(chunk["src"]), clean(chunk["tgt"])
+
+
+def _local_table(folder: Path, split: str, cfg: DataConfig):
+    import datasets
+
     layout = _local_layout(folder, split, cfg)
     if layout is None:
         raise DataError(f"split '{split}' not found in {folder} for {cfg.src_lang}-{cfg.tgt_lang}; the splits "
                         f"there are: {', '.join(_local_splits(folder, cfg)) or '(none)'}")
     kind, files = layout
     if kind == "text":
-        lines = {}
-        for lang, path in files.items():
-            table = _load(path, "text", keep_linebreaks=False)
-            lines[lang] = [line.rstrip("\r") for line in table["text"]]
-        src, tgt = lines[cfg.src_lang], lines[cfg.tgt_lang]
+        src, tgt = (_load(files[lang], "text", keep_linebreaks=False) for lang in (cfg.src_lang, cfg.tgt_lang))
         if len(src) != len(tgt):
             raise DataError(f"misaligned corpus: {files[cfg.src_lang]} has {len(src)} lines but "
                             f"{files[cfg.tgt_lang]} has {len(tgt)}; the two sides must match line by line")
-        return src, tgt
+        return datasets.concatenate_datasets([src.rename_column("text", "src"), tgt.rename_column("text", "tgt")],
+                                             axis=1)
     path = files["both"]
     if kind == "json":
         table = _load(path, "json")
@@ -190,13 +213,20 @@ def _read_local(folder: Path, split: str, cfg: DataConfig) -> tuple[list[str], l
     if missing:
         raise DataError(f"{path} has fields {table.column_names} but not {missing}; "
                         f"name one field (jsonl) or header column (tsv) after each language code")
-    return [str(s or "") for s in table[cfg.src_lang]], [str(t or "") for t in table[cfg.tgt_lang]]
+    return _pick(table, cfg.src_lang, cfg.tgt_lang)
+
+
+def _pick(table, src: str, tgt: str):
+    """Keep the two language columns, named src and tgt."""
+    table = table.select_columns([src, tgt])
+    return table.rename_columns({src: "src", tgt: "tgt"}) if (src, tgt) != ("src", "tgt") else table
 
 
 def _load(path: Path, builder: str, **options):
     """One local file through an HF `datasets` builder. Invalid UTF-8 is replaced by U+FFFD and
     counted; an empty or unreadable file is a DataError naming it."""
     import datasets
+    import pyarrow.compute as pc
 
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; a split needs sentence pairs, one a line")
@@ -206,39 +236,57 @@ def _load(path: Path, builder: str, **options):
     except datasets.exceptions.DatasetGenerationError as error:
         raise DataError(f"cannot read {path}: {error.__cause__ or error}") from None
     if builder == "text":
-        replaced = sum("\ufffd" in line for line in table["text"])
+        replaced = pc.sum(pc.match_substring(table.data.column("text"), "\ufffd")).as_py()
         if replaced:
             log.warning(f"{path}: invalid UTF-8 replaced by U+FFFD in lines: {replaced}")
     return table
 
 
-def _read_hub(hub_id: str, split: str, cfg: DataConfig) -> tuple[list[str], list[str]]:
+def _hub_table(hub_id: str, split: str, cfg: DataConfig):
+    """A hub dataset's split; language fields at the top level (bentrevett/multi30k) or nested in a
+    `translation` field (wmt/wmt14)."""
     import datasets
 
     if not hub_reachable():
         _go_offline()
     try:
-        splits = datasets.load_dataset(hub_id)
+        splits = datasets.load_dataset(hub_id, cfg.hub_config or None)
     except Exception as error:  # network, auth or format: all end the same way for the user
-        raise DataError(f"could not load hub dataset {hub_id}: {error}. "
-                        f"Fix: make train DATA=/path/to/local/corpus") from None
+        raise DataError(f"could not load hub dataset {hub_id}{f' ({cfg.hub_config})' if cfg.hub_config else ''}: "
+                        f"{error}. Fix: make train DATA=/path/to/local/corpus") from None
     name = split if split in splits else HUB_SPLIT_ALIASES.get(split, split)
     if name not in splits:
         raise DataError(f"hub dataset {hub_id} has splits {list(splits)}, not '{split}'")
     table = splits[name]
+    if "translation" in table.column_names:
+        table = table.flatten()
+        nested = {f"translation.{lang}": lang for lang in (cfg.src_lang, cfg.tgt_lang)}
+        table = table.rename_columns({k: v for k, v in nested.items() if k in table.column_names})
     missing = [lang for lang in (cfg.src_lang, cfg.tgt_lang) if lang not in table.column_names]
     if missing:
         raise DataError(f"hub dataset {hub_id} has fields {table.column_names}, not {missing}")
-    return list(table[cfg.src_lang]), list(table[cfg.tgt_lang])
+    return _pick(table, cfg.src_lang, cfg.tgt_lang)
 
 
 # ---------------------------------------------------------------------------- tokenize and cache
 
 @dataclass
+class TokenPairs:
+    """Training pairs as memory-mapped subword ids, no text: `src[i]` and `tgt[i]` are id arrays,
+    `src.lengths` and `tgt.lengths` every pair's lengths (no bos / eos)."""
+
+    src: Sentences
+    tgt: Sentences
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
 class Prepared:
     tokenizer: Tokenizer
-    train: ParallelText
-    valid: ParallelText
+    train: TokenPairs
+    valid: ParallelText  # small: text and ids in memory
 
 
 def _fingerprint(config: Config, corpus: str | Path) -> str:
@@ -260,74 +308,154 @@ def default_cache_dir() -> Path:
 
 
 def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
-    """Load train and validation splits, train (or reuse) the joint BPE, encode, filter long pairs."""
+    """The run's data, prepared once into a cache folder and memory-mapped from there.
+
+    A folder is built under a temporary name and renamed when complete, so an interrupted
+    preparation never leaves a folder a later run trusts; the later run removes its remains.
+    """
     start = time.perf_counter()
     corpus = find_corpus(config.data)
-    cache = Path(cache_dir or default_cache_dir()) / f"data-{_fingerprint(config, corpus)}.pt"
-    if cache.is_file():
+    root = Path(cache_dir or default_cache_dir())
+    cache = root / f"data-{_fingerprint(config, corpus)}"
+    if cache.is_dir():
         try:
-            prepared = _load_prepared(cache)
+            prepared = load_prepared(cache)
             log.info(f"data: {len(prepared.train):,} train / {len(prepared.valid):,} valid pairs from cache {cache} "
                      f"({time.perf_counter() - start:.1f}s)")
             return prepared
         except Exception as error:  # a damaged cache is rebuilt, never trusted
             log.warning(f"data cache {cache} unreadable ({error}); rebuilding it")
-    cfg = config.data
-    log.info(f"data: {corpus} ({cfg.src_lang} -> {cfg.tgt_lang})")
-    train, valid = read_split(cfg, cfg.train_split, corpus), read_split(cfg, cfg.valid_split, corpus)
-    tok = config.tokenizer
-    tokenizer = Tokenizer.train(bpe_sentences(train, tok.train_sentences), tok.vocab_size, tok.min_frequency,
+            shutil.rmtree(cache, ignore_errors=True)
+    _remove_abandoned(root)
+    building = root / f"{cache.name}.tmp-{os.getpid()}"
+    try:
+        _build_cache(config, corpus, building)
+        try:
+            building.rename(cache)
+        except OSError:
+            if not cache.is_dir():
+                raise
+            shutil.rmtree(building)  # a run started together finished the same cache first
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    prepared = load_prepared(cache)
+    log.info(f"data: {len(prepared.train):,} train / {len(prepared.valid):,} valid pairs, vocabulary "
+             f"{prepared.tokenizer.vocab_size:,} ({time.perf_counter() - start:.1f}s)")
+    return prepared
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Half-built cache folders of processes that no longer run (killed during preparation)."""
+    for folder in root.glob("data-*.tmp-*"):
+        pid = folder.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info(f"removing {folder}, left by an interrupted preparation")
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build_cache(config: Config, corpus: str | Path, folder: Path) -> None:
+    """Train the joint BPE, encode both splits and write them into `folder`; meta.json comes last."""
+    cfg, tok = config.data, config.tokenizer
+    log.info(f"data: {corpus} ({cfg.src_lang} -> {cfg.tgt_lang}), preparing {folder.parent}")
+    folder.mkdir(parents=True)
+    table = split_table(cfg, cfg.train_split, corpus)
+    valid = read_split(cfg, cfg.valid_split, corpus)
+    tokenizer = Tokenizer.train(bpe_sentences(table, tok.train_sentences), tok.vocab_size, tok.min_frequency,
                                 tok.lowercase)
-    for split in (train, valid):
-        split.src, split.tgt = tokenizer.encode_batch(split.src_text), tokenizer.encode_batch(split.tgt_text)
-    # Over-long training pairs are dropped.
-    keep = [i for i in range(len(train)) if len(train.src[i]) < cfg.max_len and len(train.tgt[i]) < cfg.max_len]
-    if len(keep) < len(train):
-        log.info(f"train: dropped {len(train) - len(keep)} pairs longer than data.max_len={cfg.max_len} tokens")
-        columns = (train.src_text, train.tgt_text, train.src, train.tgt)
-        train = ParallelText(*([column[i] for i in keep] for column in columns))
+    dtype = id_dtype(tokenizer.vocab_size)
+    pairs = _encode_train(table, tokenizer, cfg, folder, dtype)
+    if pairs == 0:
+        raise DataError(f"the {cfg.train_split} split of {corpus} holds no pair with text on both sides shorter "
+                        f"than data.max_len={cfg.max_len} tokens")
     # Validation keeps every pair (its BLEU must be complete); over-long sources are cut to fit.
+    valid.src, valid.tgt = tokenizer.encode_batch(valid.src_text), tokenizer.encode_batch(valid.tgt_text)
     cut = [i for i, seq in enumerate(valid.src) if len(seq) >= cfg.max_len]
     for i in cut:
         valid.src[i], valid.tgt[i] = valid.src[i][: cfg.max_len - 1], valid.tgt[i][: cfg.max_len - 1]
     if cut:
         log.info(f"valid: cut {len(cut)} pairs to data.max_len={cfg.max_len} tokens for loss and decoding")
-    prepared = Prepared(tokenizer, train, valid)
-    _save_prepared(prepared, cache)
-    log.info(f"data: {len(train):,} train / {len(valid):,} valid pairs, vocabulary {tokenizer.vocab_size:,} "
-             f"({time.perf_counter() - start:.1f}s)")
-    return prepared
+    (folder / "tokenizer.json").write_text(tokenizer.to_str())
+    (folder / "valid.json").write_text(json.dumps(dataclasses.asdict(valid)))
+    meta = {"version": CACHE_VERSION, "dtype": dtype.name, "train_pairs": pairs, "valid_pairs": len(valid)}
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def bpe_sentences(split: ParallelText, limit: int) -> Iterator[str]:
-    """The sentences the joint BPE learns from: both sides of at most `limit` pairs (0: all), evenly
-    spaced through the split, so a large corpus need not pass through the trainer whole."""
-    every = max(1, -(-len(split) // limit)) if limit else 1
-    yield from split.src_text[::every]
-    yield from split.tgt_text[::every]
+def _encode_train(table, tokenizer: Tokenizer, cfg: DataConfig, folder: Path, dtype: np.dtype) -> int:
+    """Encode the training split chunk by chunk into memory-mappable arrays; pairs with an empty side
+    or a side of data.max_len tokens or more are dropped. Returns the pairs kept."""
+    src_out, tgt_out = SentenceWriter(folder / "train.src", dtype), SentenceWriter(folder / "train.tgt", dtype)
+    kept = empty = long = 0
+    with _progress(len(table), "encoding") as progress:
+        for src, tgt in pair_chunks(table):
+            progress.update(len(src))
+            texts = [i for i, (s, t) in enumerate(zip(src, tgt, strict=True)) if s.strip() and t.strip()]
+            empty += len(src) - len(texts)
+            src_ids = tokenizer.encode_batch([src[i] for i in texts])
+            tgt_ids = tokenizer.encode_batch([tgt[i] for i in texts])
+            fit = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True))
+                   if len(s) < cfg.max_len and len(t) < cfg.max_len]
+            long += len(texts) - len(fit)
+            src_out.add([src_ids[i] for i in fit])
+            tgt_out.add([tgt_ids[i] for i in fit])
+            kept += len(fit)
+    src_out.close()
+    tgt_out.close()
+    if empty:
+        log.info(f"{cfg.train_split}: dropped {empty} pairs with an empty side")
+    if long:
+        log.info(f"{cfg.train_split}: dropped {long} pairs longer than data.max_len={cfg.max_len} tokens")
+    return kept
 
 
-def _pack(ids: list[list[int]]) -> dict:
-    return {"flat": torch.tensor([i for seq in ids for i in seq], dtype=torch.int32),
-            "lengths": torch.tensor([len(seq) for seq in ids], dtype=torch.int32)}
+@contextlib.contextmanager
+def _progress(total: int, what: str):
+    """A tqdm bar on a terminal; otherwise a log line at every tenth of the way."""
+    if sys.stderr.isatty():
+        with tqdm(total=total, desc=what, unit=" pairs", unit_scale=True, leave=False) as bar:
+            yield bar
+        return
+
+    class Lines:
+        done, next_report = 0, total / 10
+
+        def update(self, n: int) -> None:
+            self.done += n
+            if self.done >= self.next_report and self.done < total:
+                log.info(f"{what}: {self.done:,} / {total:,} pairs")
+                self.next_report += total / 10
+
+    yield Lines()
 
 
-def _unpack(packed: dict) -> list[list[int]]:
-    return [chunk.tolist() for chunk in packed["flat"].split(packed["lengths"].tolist())]
+def load_prepared(folder: Path) -> Prepared:
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta["version"] != CACHE_VERSION:
+        raise ValueError(f"cache format {meta['version']}, expected {CACHE_VERSION}")
+    dtype = np.dtype(meta["dtype"])
+    train = TokenPairs(Sentences.open(folder / "train.src", dtype), Sentences.open(folder / "train.tgt", dtype))
+    valid = ParallelText(**json.loads((folder / "valid.json").read_text()))
+    if not len(train.src) == len(train.tgt) == meta["train_pairs"] or len(valid) != meta["valid_pairs"]:
+        raise ValueError("pair counts differ from meta.json")
+    return Prepared(Tokenizer.from_str((folder / "tokenizer.json").read_text()), train, valid)
 
 
-def _save_prepared(prepared: Prepared, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"tokenizer": prepared.tokenizer.to_str()}
-    for name in ("train", "valid"):
-        split = getattr(prepared, name)
-        state[name] = {"src_text": split.src_text, "tgt_text": split.tgt_text,
-                       "src": _pack(split.src), "tgt": _pack(split.tgt)}
-    checkpoint.write_atomically(state, path)  # runs started together may write the same cache
-
-
-def _load_prepared(path: Path) -> Prepared:
-    state = torch.load(path, weights_only=True)
-    splits = [ParallelText(s["src_text"], s["tgt_text"], _unpack(s["src"]), _unpack(s["tgt"]))
-              for s in (state["train"], state["valid"])]
-    return Prepared(Tokenizer.from_str(state["tokenizer"]), *splits)
+def bpe_sentences(table, limit: int) -> Iterator[list[str]]:
+    """The sentences the joint BPE learns from, in chunks: the sources, then the targets, of at most
+    `limit` pairs (0: all) evenly spaced through the split, pairs with an empty side skipped; so a
+    large corpus need not pass through the trainer whole, nor sit in memory."""
+    every = max(1, -(-len(table) // limit)) if limit else 1
+    rows = table if every == 1 else table.select(range(0, len(table), every))
+    for side in (0, 1):
+        for chunk in pair_chunks(rows):
+            yield [pair[side] for pair in zip(*chunk, strict=True) if pair[0].strip() and pair[1].strip()]

@@ -1,6 +1,6 @@
 """What a training run shows (rank 0 only): TensorBoard, `train_log.jsonl`, and progress.
 
-    tb/                train/{loss,ppl,lr,grad_norm,tokens_per_sec}, valid/{loss,ppl,bleu,best_bleu},
+    tb/                train/{loss,ppl,lr,grad_norm,tokens_per_sec,memory_gib}, valid/{loss,ppl,bleu,best_bleu},
                        validation samples as text, attention heatmaps per layer, hyperparameters
     train_log.jsonl    the same numbers, one JSON object a line
     hyps/              each validation's greedy translations
@@ -22,6 +22,7 @@ import torch
 
 from .batching import collate
 from .config import Config, to_plain
+from .runtime import resident_gib
 
 if TYPE_CHECKING:
     from .data import ParallelText
@@ -79,12 +80,13 @@ class Monitor:
         loss = iv.loss / iv.tgt_tokens
         ppl = math.exp(min(iv.nll / iv.tgt_tokens, 50))
         tokens_per_sec = iv.tokens / max(iv.seconds, 1e-9)
+        memory = resident_gib()
         for tag, value in (("loss", loss), ("ppl", ppl), ("lr", last.lr), ("grad_norm", last.grad_norm),
-                           ("tokens_per_sec", tokens_per_sec)):
+                           ("tokens_per_sec", tokens_per_sec), ("memory_gib", memory)):
             self.writer.add_scalar(f"train/{tag}", value, state.step)
         self._append({"step": state.step, "epoch": state.epoch, "minutes": round(state.seconds / 60, 3),
                       "loss": loss, "ppl": ppl, "lr": last.lr, "grad_norm": last.grad_norm,
-                      "tokens_per_sec": tokens_per_sec})
+                      "tokens_per_sec": tokens_per_sec, "memory_gib": round(memory, 3)})
         budget = self.config.train.max_minutes
         if self.bar is not None:
             left = {"left": f"{max(0.0, budget - state.seconds / 60):.1f}min"} if budget else {}
@@ -93,7 +95,7 @@ class Monitor:
         else:
             log.info(f"step {state.step} | epoch {state.epoch + 1} | loss {loss:.3f} | ppl {ppl:.2f} | "
                      f"lr {last.lr:.2e} | grad {last.grad_norm:.2f} | {tokens_per_sec:,.0f} tok/s | "
-                     f"{state.seconds / 60:.1f} min")
+                     f"{memory:.2f} GiB | {state.seconds / 60:.1f} min")
 
     def validation(self, state: TrainState, result: Validation, model: Transformer, valid: ParallelText,
                    seconds: float) -> None:

@@ -56,7 +56,8 @@ class Tokenizer:
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        """Many texts at once, on every core (the fast variant skips character offsets)."""
+        return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         """Token ids -> text; stops at the first </s> and drops other special tokens."""

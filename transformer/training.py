@@ -15,9 +15,11 @@ import gc
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -129,19 +131,24 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
 def loop(ctx: Context, state: TrainState) -> None:
     """Train until a stop reason: validate, keep the best, save and stop where the config says."""
     cfg, rt, monitor = ctx.config.train, ctx.rt, ctx.monitor
-    src_lens, tgt_lens = [len(s) for s in ctx.data.train.src], [len(t) for t in ctx.data.train.tgt]
+    src_lens, tgt_lens = ctx.data.train.src.lengths, ctx.data.train.tgt.lengths
     session_start = last_save = time.perf_counter()
     seconds_before = state.seconds
     bad_steps = 0
+    # The next epoch's batches come from a thread while this epoch trains: on a large corpus the
+    # shuffle takes seconds, which the first step of an epoch then does not wait for.
+    epoch_groups = lambda epoch: step_groups(src_lens, tgt_lens, cfg.max_tokens, cfg.seed + epoch, rt.world_size,
+                                             cfg.accumulate)
+    groups = epoch_groups(state.epoch)
     if rt.is_main:
-        first = make_batches(src_lens, tgt_lens, cfg.max_tokens, seed=cfg.seed)
-        log.info(f"batches: {len(first)} an epoch of at most {cfg.max_tokens} tokens a side, "
-                 f"{padding_fraction(first, src_lens, tgt_lens):.1%} padding; {rt.world_size * cfg.accumulate} "
+        batches = [batch for group in groups for batch in group]
+        log.info(f"batches: {len(batches)} an epoch of at most {cfg.max_tokens} tokens a side, "
+                 f"{padding_fraction(batches, src_lens, tgt_lens):.1%} padding; {rt.world_size * cfg.accumulate} "
                  f"per step")
+    batcher = ThreadPoolExecutor(1, thread_name_prefix="batches")
     reason = None
     while reason is None:
-        groups = step_groups(src_lens, tgt_lens, cfg.max_tokens, cfg.seed + state.epoch, rt.world_size,
-                             cfg.accumulate)
+        upcoming = batcher.submit(epoch_groups, state.epoch + 1)
         for group in groups[state.epoch_step :]:
             tic = time.perf_counter()
             result = train_step(ctx, group, state.step + 1)
@@ -180,6 +187,9 @@ def loop(ctx: Context, state: TrainState) -> None:
             reason = rt.agree(reason)
             if reason:
                 break
+        else:
+            groups = upcoming.result()
+    batcher.shutdown(cancel_futures=True)
     if rt.is_main:
         log.info(f"stopped at step {state.step} ({reason}); {state.seconds / 60:.1f} min of training in {ctx.run_dir}")
         if ctx.stop.reason or "non-finite" in reason:
@@ -190,11 +200,11 @@ def loop(ctx: Context, state: TrainState) -> None:
                             f"train.warmup_steps or use train.precision=float32, then resume")
 
 
-def train_step(ctx: Context, group: list[list[int]], step: int) -> StepResult:
+def train_step(ctx: Context, group: list[np.ndarray], step: int) -> StepResult:
     """Optimizer step number `step` over this rank's micro-batches of `group`."""
     cfg, rt, train = ctx.config.train, ctx.rt, ctx.data.train
     ctx.net.train()
-    step_tgt_tokens = sum(len(train.tgt[i]) + 1 for batch in group for i in batch)  # every rank knows them all
+    step_tgt_tokens = sum(int(train.tgt.lengths[batch].sum()) + len(batch) for batch in group)  # + </s>; all ranks
     mine = group[rt.rank :: rt.world_size]
     sums = torch.zeros(3, dtype=torch.float64)  # smoothed loss, NLL, source + target tokens
     for k, indices in enumerate(mine):

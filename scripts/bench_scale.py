@@ -1,0 +1,142 @@
+"""Data at the paper's scale (`make bench-scale`): a synthetic corpus of N pairs, prepared from scratch,
+started from its cache, trained to step 100 by one process and by two.
+
+    python -m scripts.bench_scale [--pairs 4500000] [--config configs/multi30k.yaml] [--json FILE]
+
+The corpus comes from ../shared/tools/make_scale_corpus.py (Multi30k recombined; 4.5M pairs have
+about half the words of WMT14 en-de). Reported, as JSON plus a table: preparation time and peak
+resident memory from scratch; seconds from `make train` to its first step from the cache; resident
+memory of each training process at step 100 on Multi30k, on the corpus, and on the corpus with
+NPROC=2, as RSS and as PSS (pages shared by processes split between them: a memory-mapped corpus
+and the libraries count once per machine); batching time per epoch.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scripts.benchmark import machine
+from scripts.cli import run
+from transformer.batching import step_groups
+from transformer.config import load_config
+from transformer.data import find_corpus, prepare
+from transformer.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT.parent / "shared" / "tools" / "make_scale_corpus.py"
+PREPARE = ("import json, resource, sys; from transformer.config import load_config; from transformer.data import "
+           "prepare; prepare(load_config(sys.argv[1], sys.argv[2:])); "
+           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")
+
+
+def make_corpus(multi30k: Path, folder: Path, pairs: int) -> Path:
+    if not (folder / "complete").is_file():
+        if not TOOL.is_file():
+            raise UserError(f"{TOOL} not found; it builds the synthetic corpus")
+        subprocess.run([sys.executable, str(TOOL), str(multi30k), str(folder), str(pairs)], check=True)
+        (folder / "complete").touch()
+    return folder
+
+
+def preparation(config: str, corpus: Path, env: dict) -> dict:
+    """Seconds and peak resident memory of a fresh process preparing the corpus with empty caches."""
+    tic = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PREPARE, config, f"data.path={corpus}"], env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"preparation failed:\n{done.stderr[-3000:]}")
+    return {"seconds": round(time.perf_counter() - tic, 1), "peak_rss_gib": round(float(done.stdout.split()[-1]), 2)}
+
+
+def memory(pid: int) -> dict:
+    """RSS and PSS of a process, in GiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return {key.lower(): round(int(fields[key].split()[0]) / 2**20, 3) for key in ("Rss", "Pss")}
+
+
+def ranks() -> list[int]:
+    """Processes training now (torchrun's workers, not torchrun)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "scripts.train" in command and "torch.distributed.run" not in command and "make" not in command:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def train_100(config: str, corpus: Path, nproc: int, run_dir: Path, env: dict) -> dict:
+    """`make train` to step 100: seconds to its first step, and each process's memory at step 100."""
+    args = "train.max_steps=100 train.log_every=1 train.valid_every=1000 train.save_every=1000 train.valid_bleu=false"
+    command = ["make", "-s", "train", f"CONFIG={config}", f"RUN={run_dir}", f"DATA={corpus}", f"NPROC={nproc}",
+               f"ARGS={args}"]
+    tic = time.perf_counter()
+    result, lines = {}, []
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        for line in process.stdout:
+            lines.append(line)
+            if "step 1 |" in line and "first_step_s" not in result:
+                result["first_step_s"] = round(time.perf_counter() - tic, 1)
+            if "step 100 |" in line:
+                result["processes"] = [memory(pid) for pid in ranks()]
+    if process.returncode or "processes" not in result:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{''.join(lines[-40:])}")
+    result["rss_gib"] = round(sum(p["rss"] for p in result["processes"]), 3)
+    result["pss_gib"] = round(sum(p["pss"] for p in result["processes"]), 3)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=4_500_000)
+    parser.add_argument("--config", default="configs/multi30k.yaml")
+    parser.add_argument("--work", default="runs/bench-scale", help="corpus and runs; the corpus is kept for reuse")
+    parser.add_argument("--json", default="runs/bench_scale.json")
+    args = parser.parse_args(argv)
+    multi30k = find_corpus(load_config(args.config).data)
+    work = Path(args.work).resolve()
+    corpus = make_corpus(multi30k, work / f"corpus-{args.pairs}", args.pairs)
+    report = {"machine": machine(), "pairs": args.pairs, "config": args.config}
+    with tempfile.TemporaryDirectory(dir=work) as scratch:
+        env = {**os.environ, "TRANSFORMER_CACHE": f"{scratch}/cache", "HF_DATASETS_CACHE": f"{scratch}/hf"}
+        print(f"preparing {args.pairs:,} pairs from scratch", file=sys.stderr)
+        report["preparation"] = preparation(args.config, corpus, env)
+        config = load_config(args.config, [f"data.path={corpus}"])
+        train = prepare(config, env["TRANSFORMER_CACHE"]).train
+        tic = time.perf_counter()
+        step_groups(train.src.lengths, train.tgt.lengths, config.train.max_tokens, seed=config.train.seed)
+        report["batching_s_per_epoch"] = round(time.perf_counter() - tic, 1)
+        for name, data, nproc in (("multi30k", multi30k, 1), ("corpus", corpus, 1), ("corpus_nproc2", corpus, 2)):
+            print(f"training to step 100: {name}", file=sys.stderr)
+            report[name] = train_100(args.config, data, nproc, Path(scratch) / f"run-{name}", env)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(table(report) + f"\n\n(full report: {args.json})")
+    return 0
+
+
+def table(r: dict) -> str:
+    m, prep = r["machine"], r["preparation"]
+    lines = [f"machine      {m['cpu']} | {m['cores']} cores | torch {m['torch']}",
+             f"corpus       {r['pairs']:,} synthetic pairs",
+             f"preparation  {prep['seconds']} s from scratch | peak RSS {prep['peak_rss_gib']} GiB",
+             f"from cache   first training step {r['corpus']['first_step_s']} s after `make train`",
+             f"batching     {r['batching_s_per_epoch']} s an epoch (a thread, while the epoch before trains)",
+             "", "at step 100         processes  first step  RSS GiB (each)       PSS GiB (each)"]
+    each = lambda t, key: " + ".join(f"{p[key]:.2f}" for p in t["processes"])
+    for name in ("multi30k", "corpus", "corpus_nproc2"):
+        t = r[name]
+        lines.append(f"  {name:<17} {len(t['processes']):>9}  {t['first_step_s']:>8} s  {t['rss_gib']:>5.2f} "
+                     f"({each(t, 'rss')}){'':>4} {t['pss_gib']:>5.2f} ({each(t, 'pss')})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run(main)

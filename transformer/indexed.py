@@ -1,0 +1,59 @@
+"""Token ids on disk: per split and side, one flat array of ids and one of offsets, memory-mapped.
+
+fairseq's memory-mapped indexed datasets in numpy. A process holds only the pages it reads, and
+every rank on a machine shares one copy of the corpus through the operating system's page cache,
+so a corpus of millions of pairs costs a training process almost no memory.
+"""
+from __future__ import annotations
+
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest integer type that holds every id: uint16 up to 65,536 symbols."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.int32)
+
+
+class Sentences:
+    """Read-only sequence of id arrays: `sentences[i]` is sentence i's ids, `lengths` all their lengths."""
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray):
+        self.ids, self.offsets = ids, offsets  # (total ids,), (sentences + 1,)
+        self.lengths = np.diff(offsets).astype(np.int32)  # (sentences,): read once, kept in memory
+
+    @classmethod
+    def open(cls, prefix: Path, dtype: np.dtype) -> Sentences:
+        offsets = np.load(f"{prefix}.idx.npy", mmap_mode="r")
+        ids = np.memmap(f"{prefix}.bin", dtype=dtype, mode="r") if offsets[-1] else np.zeros(0, dtype)
+        if len(ids) != offsets[-1]:
+            raise ValueError(f"{prefix}.bin holds {len(ids)} ids, its offsets say {offsets[-1]}")
+        return cls(ids, offsets)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+
+class SentenceWriter:
+    """Appends sentences chunk by chunk to `prefix.bin`; `close` writes the offsets `prefix.idx.npy`."""
+
+    def __init__(self, prefix: Path, dtype: np.dtype):
+        self.prefix, self.dtype = prefix, dtype
+        self.file = open(f"{prefix}.bin", "wb")
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, sentences: list[list[int]]) -> None:
+        lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
+        flat = np.fromiter(chain.from_iterable(sentences), self.dtype, int(lengths.sum()))
+        self.file.write(flat.tobytes())
+        self.lengths.append(lengths)
+
+    def close(self) -> None:
+        self.file.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        np.save(f"{self.prefix}.idx.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
