@@ -1,5 +1,6 @@
 """Corpus loading, the joint BPE vocabulary and token-budget batches."""
 import json
+import socket
 import threading
 
 import numpy as np
@@ -299,7 +300,7 @@ def test_an_interrupted_preparation_is_never_trusted(tmp_path, monkeypatch):
         prepare(config, cache)
     assert list(cache.iterdir()) == []  # the half-built folder is gone
     monkeypatch.undo()
-    (cache / "data-0123456789abcdef.tmp-999999999").mkdir()  # what a kill -9 leaves (no such process)
+    (cache / f"data-0123456789abcdef.tmp-{socket.gethostname()}-999999999").mkdir()  # a kill -9 leaves it
     prepared = prepare(config, cache)
     assert [p.name for p in cache.iterdir()] == [f"data-{data_module._fingerprint(config, folder)}"]
     assert len(prepared.train) == 20

@@ -327,7 +327,7 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
             log.warning(f"data cache {cache} unreadable ({error}); rebuilding it")
             shutil.rmtree(cache, ignore_errors=True)
     _remove_abandoned(root)
-    building = root / f"{cache.name}.tmp-{os.getpid()}"
+    building = root / f"{cache.name}.tmp-{socket.gethostname()}-{os.getpid()}"  # machines may share the folder
     try:
         _build_cache(config, corpus, building)
         try:
@@ -346,8 +346,8 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
 
 
 def _remove_abandoned(root: Path) -> None:
-    """Half-built cache folders of processes that no longer run (killed during preparation)."""
-    for folder in root.glob("data-*.tmp-*"):
+    """Half-built cache folders of this machine's processes that no longer run (killed while preparing)."""
+    for folder in root.glob(f"data-*.tmp-{socket.gethostname()}-*"):
         pid = folder.name.rsplit("-", 1)[1]
         if pid.isdigit() and not _alive(int(pid)):
             log.info(f"removing {folder}, left by an interrupted preparation")

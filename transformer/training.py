@@ -300,11 +300,11 @@ def _build(config: Config, run_dir: Path, rt: runtime.Runtime) -> tuple[Context,
 
 
 def _prepare(config: Config, rt: runtime.Runtime) -> Prepared:
-    """Rank 0 prepares (and caches) the data first; the others then read the cache."""
-    if rt.distributed and not rt.is_main:
+    """The first process of each machine prepares (and caches) the data; the others then map the cache."""
+    if rt.distributed and rt.local_rank != 0:
         dist.barrier()
     prepared = prepare(config)
-    if rt.distributed and rt.is_main:
+    if rt.distributed and rt.local_rank == 0:
         dist.barrier()
     return prepared
 
