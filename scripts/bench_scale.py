@@ -6,8 +6,8 @@ started from its cache, trained to step 100 by one process and by two.
 The corpus comes from ../shared/tools/make_scale_corpus.py (Multi30k recombined; 4.5M pairs have
 about half the words of WMT14 en-de). Reported, as JSON plus a table: preparation time and peak
 resident memory from scratch; seconds from `make train` to its first step from the cache; resident
-memory of each training process at step 100 on Multi30k, on the corpus, and on the corpus with
-NPROC=2, as RSS and as PSS (pages shared by processes split between them: a memory-mapped corpus
+memory of each training process at step 100 on Multi30k and on the corpus, with one process and
+with NPROC=2, as RSS and as PSS (pages shared by processes split between them: a memory-mapped corpus
 and the libraries count once per machine); batching time per epoch.
 """
 import argparse
@@ -28,6 +28,7 @@ from transformer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT.parent / "shared" / "tools" / "make_scale_corpus.py"
+RUNS = (("multi30k", 1), ("corpus", 1), ("multi30k_nproc2", 2), ("corpus_nproc2", 2))  # data, processes
 PREPARE = ("import json, resource, sys; from transformer.config import load_config; from transformer.data import "
            "prepare; prepare(load_config(sys.argv[1], sys.argv[2:])); "
            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
         tic = time.perf_counter()
         step_groups(train.src.lengths, train.tgt.lengths, config.train.max_tokens, seed=config.train.seed)
         report["batching_s_per_epoch"] = round(time.perf_counter() - tic, 1)
-        for name, data, nproc in (("multi30k", multi30k, 1), ("corpus", corpus, 1), ("corpus_nproc2", corpus, 2)):
+        for name, nproc in RUNS:
+            data = corpus if name.startswith("corpus") else multi30k
             print(f"training to step 100: {name}", file=sys.stderr)
             report[name] = train_100(args.config, data, nproc, Path(scratch) / f"run-{name}", env)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -129,12 +131,15 @@ def table(r: dict) -> str:
              f"preparation  {prep['seconds']} s from scratch | peak RSS {prep['peak_rss_gib']} GiB",
              f"from cache   first training step {r['corpus']['first_step_s']} s after `make train`",
              f"batching     {r['batching_s_per_epoch']} s an epoch (a thread, while the epoch before trains)",
-             "", "at step 100         processes  first step  RSS GiB (each)       PSS GiB (each)"]
-    each = lambda t, key: " + ".join(f"{p[key]:.2f}" for p in t["processes"])
-    for name in ("multi30k", "corpus", "corpus_nproc2"):
+             "", "at step 100       processes  first step   RSS GiB (each)             PSS GiB (each)"]
+    each = lambda t, key: "(" + " + ".join(f"{p[key]:.2f}" for p in t["processes"]) + ")"
+    for name, _ in RUNS:
         t = r[name]
-        lines.append(f"  {name:<17} {len(t['processes']):>9}  {t['first_step_s']:>8} s  {t['rss_gib']:>5.2f} "
-                     f"({each(t, 'rss')}){'':>4} {t['pss_gib']:>5.2f} ({each(t, 'pss')})")
+        lines.append(f"  {name:<17} {len(t['processes']):>7}  {t['first_step_s']:>8} s   {t['rss_gib']:>5.2f} "
+                     f"{each(t, 'rss'):<19}  {t['pss_gib']:>5.2f} {each(t, 'pss')}")
+    one, two, added = r["corpus"], r["corpus_nproc2"], r["corpus"]["rss_gib"] - r["multi30k"]["rss_gib"]
+    lines += ["", f"the corpus adds {added:+.2f} GiB RSS to a process; two processes on it hold "
+                  f"{two['rss_gib'] / one['rss_gib']:.2f}x one (RSS), {two['pss_gib'] / one['pss_gib']:.2f}x (PSS)"]
     return "\n".join(lines)
 
 

@@ -308,3 +308,18 @@ def test_an_interrupted_preparation_is_never_trusted(tmp_path, monkeypatch):
     del prepared  # its memory map of the file damaged next
     (next(cache.iterdir()) / "train.tgt.bin").write_bytes(b"")  # damaged: rebuilt, not trusted
     assert prepare(config, cache).train.tgt[3].tolist() == expected
+
+
+def test_sentences_round_trip_through_their_files(tmp_path):
+    from transformer.indexed import Sentences, SentenceWriter, id_dtype
+
+    assert id_dtype(8000) == np.uint16 and id_dtype(1 << 16) == np.uint16 and id_dtype(100_000) == np.int32
+    for dtype, chunks in ((np.uint16, [[[5, 6, 7], [], [65535]], [[9]]]), (np.int32, [[[70_000, 1]]])):
+        writer = SentenceWriter(tmp_path / dtype.__name__, np.dtype(dtype))
+        for chunk in chunks:
+            writer.add(chunk)
+        writer.close()
+        read = Sentences.open(tmp_path / dtype.__name__, np.dtype(dtype))
+        expected = [s for chunk in chunks for s in chunk]
+        assert [read[i].tolist() for i in range(len(read))] == expected
+        assert read.lengths.tolist() == [len(s) for s in expected]

@@ -371,6 +371,8 @@ def _build_cache(config: Config, corpus: str | Path, folder: Path) -> None:
     folder.mkdir(parents=True)
     table = split_table(cfg, cfg.train_split, corpus)
     valid = read_split(cfg, cfg.valid_split, corpus)
+    log.info(f"{cfg.train_split}: {len(table):,} pairs; learning a {tok.vocab_size:,}-symbol joint BPE from "
+             f"{len(bpe_rows(len(table), tok.train_sentences)):,} of them")
     tokenizer = Tokenizer.train(bpe_sentences(table, tok.train_sentences), tok.vocab_size, tok.min_frequency,
                                 tok.lowercase)
     dtype = id_dtype(tokenizer.vocab_size)
@@ -454,8 +456,13 @@ def bpe_sentences(table, limit: int) -> Iterator[list[str]]:
     """The sentences the joint BPE learns from, in chunks: the sources, then the targets, of at most
     `limit` pairs (0: all) evenly spaced through the split, pairs with an empty side skipped; so a
     large corpus need not pass through the trainer whole, nor sit in memory."""
-    every = max(1, -(-len(table) // limit)) if limit else 1
-    rows = table if every == 1 else table.select(range(0, len(table), every))
+    rows = bpe_rows(len(table), limit)
+    rows = table if len(rows) == len(table) else table.select(rows)
     for side in (0, 1):
         for chunk in pair_chunks(rows):
             yield [pair[side] for pair in zip(*chunk, strict=True) if pair[0].strip() and pair[1].strip()]
+
+
+def bpe_rows(pairs: int, limit: int) -> range:
+    """At most `limit` (0: all) of `pairs` row numbers, evenly spaced."""
+    return range(0, pairs, max(1, -(-pairs // limit)) if limit else 1)
