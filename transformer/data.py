@@ -6,6 +6,9 @@ Sources, tried in this order:
      language;
   2. the folders in `data.local_dirs` (data/multi30k, ../shared/data/multi30k);
   3. the hub dataset `data.hub_id` (bentrevett/multi30k), checked for reachability in 3 seconds.
+
+Splits are read as Arrow tables in chunks, never whole. `prepare` trains the joint BPE, encodes the
+training split into memory-mapped id arrays (indexed.py) in a cache folder, and maps them.
 """
 from __future__ import annotations
 
