@@ -171,13 +171,10 @@ def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) ->
     """Raw sentence pairs of a small split as lists, empty pairs dropped (with a count in the log)."""
     corpus = find_corpus(cfg) if corpus is None else corpus
     src, tgt, dropped = [], [], 0
-    for src_chunk, tgt_chunk in pair_chunks(split_table(cfg, split, corpus)):
-        for s, t in zip(src_chunk, tgt_chunk, strict=True):
-            if s.strip() and t.strip():
-                src.append(s)
-                tgt.append(t)
-            else:
-                dropped += 1
+    for src_chunk, tgt_chunk, empty in pair_chunks(split_table(cfg, split, corpus)):
+        src += src_chunk
+        tgt += tgt_chunk
+        dropped += empty
     if not src:
         raise DataError(f"the {split} split of {corpus} holds no pair with text on both sides")
     if dropped:
@@ -185,11 +182,15 @@ def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) ->
     return ParallelText(src, tgt)
 
 
-def pair_chunks(table, size: int = 50_000) -> Iterator[tuple[list[str], list[str]]]:
-    """(sources, targets) of `size` consecutive pairs at a time."""
+def pair_chunks(table, size: int = 50_000) -> Iterator[tuple[list[str], list[str], int]]:
+    """(sources, targets, pairs dropped) of `size` consecutive rows at a time: a pair with an empty
+    side is dropped and counted."""
     clean = lambda column: [str(text or "").rstrip("\r") for text in column]
     for chunk in table.iter(batch_size=size):
-        yield clean(chunk["src"]), clean(chunk["tgt"])
+        pairs = [(s, t) for s, t in zip(clean(chunk["src"]), clean(chunk["tgt"]), strict=True)
+                 if s.strip() and t.strip()]
+        src, tgt = (list(side) for side in zip(*pairs, strict=True)) if pairs else ([], [])
+        yield src, tgt, len(chunk["src"]) - len(pairs)
 
 
 def _local_table(folder: Path, split: str, cfg: DataConfig):
@@ -261,14 +262,13 @@ def _hub_table(hub_id: str, split: str, cfg: DataConfig):
     if name not in splits:
         raise DataError(f"hub dataset {hub_id} has splits {list(splits)}, not '{split}'")
     table = splits[name]
-    if "translation" in table.column_names:
-        table = table.flatten()
-        nested = {f"translation.{lang}": lang for lang in (cfg.src_lang, cfg.tgt_lang)}
-        table = table.rename_columns({k: v for k, v in nested.items() if k in table.column_names})
-    missing = [lang for lang in (cfg.src_lang, cfg.tgt_lang) if lang not in table.column_names]
+    nested = "translation" in table.column_names
+    table = table.flatten() if nested else table
+    src, tgt = (f"translation.{lang}" if nested else lang for lang in (cfg.src_lang, cfg.tgt_lang))
+    missing = [field for field in (src, tgt) if field not in table.column_names]
     if missing:
         raise DataError(f"hub dataset {hub_id} has fields {table.column_names}, not {missing}")
-    return _pick(table, cfg.src_lang, cfg.tgt_lang)
+    return _pick(table, src, tgt)
 
 
 # ---------------------------------------------------------------------------- tokenize and cache
@@ -359,11 +359,11 @@ def _remove_abandoned(root: Path) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, owned by someone else
+        pass
     return True
 
 
@@ -402,15 +402,13 @@ def _encode_train(table, tokenizer: Tokenizer, cfg: DataConfig, folder: Path, dt
     src_out, tgt_out = SentenceWriter(folder / "train.src", dtype), SentenceWriter(folder / "train.tgt", dtype)
     kept = empty = long = 0
     with _progress(len(table), "encoding") as progress:
-        for src, tgt in pair_chunks(table):
-            progress.update(len(src))
-            texts = [i for i, (s, t) in enumerate(zip(src, tgt, strict=True)) if s.strip() and t.strip()]
-            empty += len(src) - len(texts)
-            src_ids = tokenizer.encode_batch([src[i] for i in texts])
-            tgt_ids = tokenizer.encode_batch([tgt[i] for i in texts])
+        for src, tgt, dropped in pair_chunks(table):
+            progress.update(len(src) + dropped)
+            empty += dropped
+            src_ids, tgt_ids = tokenizer.encode_batch(src), tokenizer.encode_batch(tgt)
             fit = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True))
                    if len(s) < cfg.max_len and len(t) < cfg.max_len]
-            long += len(texts) - len(fit)
+            long += len(src) - len(fit)
             src_out.add([src_ids[i] for i in fit])
             tgt_out.add([tgt_ids[i] for i in fit])
             kept += len(fit)
@@ -463,7 +461,7 @@ def bpe_sentences(table, limit: int) -> Iterator[list[str]]:
     rows = table if len(rows) == len(table) else table.select(rows)
     for side in (0, 1):
         for chunk in pair_chunks(rows):
-            yield [pair[side] for pair in zip(*chunk, strict=True) if pair[0].strip() and pair[1].strip()]
+            yield chunk[side]
 
 
 def bpe_rows(pairs: int, limit: int) -> range:

@@ -148,8 +148,8 @@ def keep_freed_memory() -> bool:
     quarter to a third of a training step went to those page faults. Kept and reused instead, the
     training step runs 1.2-1.45x faster there, for up to ~1.5 GB more resident memory. Over a long
     run the kept free chunks pile up and searching them slows malloc (3.7% of the time after 3
-    minutes, 11.4% after 28); a preloaded tcmalloc or mimalloc avoids both. Linux with glibc only; elsewhere a no-op
-    returning False.
+    minutes, 11.4% after 28); a preloaded tcmalloc or mimalloc avoids both. Linux with glibc only;
+    elsewhere a no-op returning False.
     """
     if not sys.platform.startswith("linux"):
         return False
