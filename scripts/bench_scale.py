@@ -53,6 +53,14 @@ def preparation(config: str, corpus: Path, env: dict) -> dict:
     return {"seconds": round(time.perf_counter() - tic, 1), "peak_rss_gib": round(float(done.stdout.split()[-1]), 2)}
 
 
+def batching(config, env: dict) -> float:
+    """Seconds to batch one epoch of the prepared corpus."""
+    train = prepare(config, env["TRANSFORMER_CACHE"]).train
+    tic = time.perf_counter()
+    step_groups(train.src.lengths, train.tgt.lengths, config.train.max_tokens, seed=config.train.seed)
+    return round(time.perf_counter() - tic, 1)
+
+
 def memory(pid: int) -> dict:
     """RSS and PSS of a process, in GiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
@@ -109,11 +117,7 @@ def main(argv=None) -> int:
         env = {**os.environ, "TRANSFORMER_CACHE": f"{scratch}/cache", "HF_DATASETS_CACHE": f"{scratch}/hf"}
         print(f"preparing {args.pairs:,} pairs from scratch", file=sys.stderr)
         report["preparation"] = preparation(args.config, corpus, env)
-        config = load_config(args.config, [f"data.path={corpus}"])
-        train = prepare(config, env["TRANSFORMER_CACHE"]).train
-        tic = time.perf_counter()
-        step_groups(train.src.lengths, train.tgt.lengths, config.train.max_tokens, seed=config.train.seed)
-        report["batching_s_per_epoch"] = round(time.perf_counter() - tic, 1)
+        report["batching_s_per_epoch"] = batching(load_config(args.config, [f"data.path={corpus}"]), env)
         for name, nproc in RUNS:
             data = corpus if name.startswith("corpus") else multi30k
             print(f"training to step 100: {name}", file=sys.stderr)
