@@ -28,7 +28,9 @@ from transformer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT.parent / "shared" / "tools" / "make_scale_corpus.py"
-RUNS = (("multi30k", 1), ("corpus", 1), ("multi30k_nproc2", 2), ("corpus_nproc2", 2))  # data, processes
+# name: processes, and whether they split one process's batch (train.max_tokens / 2: the same step)
+RUNS = {"multi30k": (1, False), "corpus": (1, False), "multi30k_nproc2": (2, False), "corpus_nproc2": (2, False),
+        "corpus_nproc2_split": (2, True)}
 PREPARE = ("import json, resource, sys; from transformer.config import load_config; from transformer.data import "
            "prepare; prepare(load_config(sys.argv[1], sys.argv[2:])); "
            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")
@@ -80,9 +82,11 @@ def ranks() -> list[int]:
     return sorted(found)
 
 
-def train_100(config: str, corpus: Path, nproc: int, run_dir: Path, env: dict) -> dict:
+def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path, env: dict) -> dict:
     """`make train` to step 100: seconds to its first step, and each process's memory at step 100."""
-    args = "train.max_steps=100 train.log_every=1 train.valid_every=1000 train.save_every=1000 train.valid_bleu=false"
+    max_tokens = load_config(config).train.max_tokens // (nproc if split else 1)
+    args = (f"train.max_tokens={max_tokens} train.max_steps=100 train.log_every=1 train.valid_every=1000 "
+            "train.save_every=1000 train.valid_bleu=false")
     command = ["make", "-s", "train", f"CONFIG={config}", f"RUN={run_dir}", f"DATA={corpus}", f"NPROC={nproc}",
                f"ARGS={args}"]
     tic = time.perf_counter()
@@ -118,10 +122,10 @@ def main(argv=None) -> int:
         print(f"preparing {args.pairs:,} pairs from scratch", file=sys.stderr)
         report["preparation"] = preparation(args.config, corpus, env)
         report["batching_s_per_epoch"] = batching(load_config(args.config, [f"data.path={corpus}"]), env)
-        for name, nproc in RUNS:
+        for name, (nproc, split) in RUNS.items():
             data = corpus if name.startswith("corpus") else multi30k
             print(f"training to step 100: {name}", file=sys.stderr)
-            report[name] = train_100(args.config, data, nproc, Path(scratch) / f"run-{name}", env)
+            report[name] = train_100(args.config, data, nproc, split, Path(scratch) / f"run-{name}", env)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(table(report) + f"\n\n(full report: {args.json})")
@@ -135,15 +139,17 @@ def table(r: dict) -> str:
              f"preparation  {prep['seconds']} s from scratch | peak RSS {prep['peak_rss_gib']} GiB",
              f"from cache   first training step {r['corpus']['first_step_s']} s after `make train`",
              f"batching     {r['batching_s_per_epoch']} s an epoch (a thread, while the epoch before trains)",
-             "", "at step 100       processes  first step   RSS GiB (each)             PSS GiB (each)"]
+             "", "at step 100         processes  first step   RSS GiB (each)             PSS GiB (each)"]
     each = lambda t, key: "(" + " + ".join(f"{p[key]:.2f}" for p in t["processes"]) + ")"
-    for name, _ in RUNS:
+    for name in RUNS:
         t = r[name]
-        lines.append(f"  {name:<17} {len(t['processes']):>7}  {t['first_step_s']:>8} s   {t['rss_gib']:>5.2f} "
+        lines.append(f"  {name:<19} {len(t['processes']):>7}  {t['first_step_s']:>8} s   {t['rss_gib']:>5.2f} "
                      f"{each(t, 'rss'):<19}  {t['pss_gib']:>5.2f} {each(t, 'pss')}")
-    one, two, added = r["corpus"], r["corpus_nproc2"], r["corpus"]["rss_gib"] - r["multi30k"]["rss_gib"]
+    one, added = r["corpus"], r["corpus"]["rss_gib"] - r["multi30k"]["rss_gib"]
+    ratio = lambda t: f"{t['rss_gib'] / one['rss_gib']:.2f}x one (RSS), {t['pss_gib'] / one['pss_gib']:.2f}x (PSS)"
     lines += ["", f"the corpus adds {added:+.2f} GiB RSS to a process; two processes on it hold "
-                  f"{two['rss_gib'] / one['rss_gib']:.2f}x one (RSS), {two['pss_gib'] / one['pss_gib']:.2f}x (PSS)"]
+                  f"{ratio(r['corpus_nproc2'])};",
+              f"two sharing one process's step (train.max_tokens / 2 each) hold {ratio(r['corpus_nproc2_split'])}"]
     return "\n".join(lines)
 
 
