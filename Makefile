@@ -9,6 +9,7 @@ DATA     ?=
 ARGS     ?=
 NPROC    ?= 1
 CKPT     ?=
+ENGINE   ?=
 SPLIT    ?=
 SENTENCE ?=
 OUT      ?=
@@ -32,7 +33,7 @@ endif
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: help install test lint train translate evaluate average distill tensorboard summary bench bench-scale clean
+.PHONY: help install test lint train translate evaluate average tune-decode export distill tensorboard summary bench bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,13 +54,19 @@ train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP und
 	$(LAUNCH) -m scripts.train --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one)
-	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(SENTENCE),--sentence "$$SENTENCE") $(ARGS)
+	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SENTENCE),--sentence "$$SENTENCE") $(ARGS)
 
 evaluate:  ## BLEU and chrF of RUN on SPLIT (default: the run's test split); ARGS="decode.beam_size=5" decodes otherwise
-	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) $(if $(SPLIT),--split $(SPLIT)) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SPLIT),--split $(SPLIT)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
-average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1)
+average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1), then tune its length penalty on val
 	$(PYTHON) -m scripts.average --run-dir $(RUN)
+
+tune-decode:  ## choose the length penalty of RUN's checkpoint (CKPT=) on val; training and average do it too
+	$(PYTHON) -m scripts.tune_decode $(CHECKPOINT) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+export:  ## write RUN's checkpoint (CKPT=) as a CTranslate2 model in RUN/ct2; then ENGINE=ct2 translates with it
+	$(PYTHON) -m scripts.export --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
 
 distill:  ## translate RUN's training sources into a corpus for a student (OUT=, default RUN/distilled)
 	$(PYTHON) -m scripts.distill $(CHECKPOINT) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data $(DATA)) $(ARGS)

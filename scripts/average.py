@@ -1,4 +1,5 @@
-"""Average the parameters of a run's last step checkpoints into avg.pt (Sec. 6.1: the last 5).
+"""Average the parameters of a run's last step checkpoints into avg.pt (Sec. 6.1: the last 5), then
+choose its length penalty on the validation split.
 
     python -m scripts.average --run-dir runs/multi30k [--last 5]
 """
@@ -6,6 +7,7 @@ import argparse
 
 from scripts.cli import run
 from transformer.checkpoint import average_run
+from transformer.tuning import tune
 
 
 def main(argv=None) -> int:
@@ -13,7 +15,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", default="runs/multi30k")
     parser.add_argument("--last", type=int, help="how many (default: the run's train.average_last)")
     args = parser.parse_args(argv)
-    average_run(args.run_dir, args.last)
+    tune(average_run(args.run_dir, args.last))
     return 0
 
 

@@ -13,19 +13,28 @@ from transformer.errors import UserError
 def add_translator_arguments(parser) -> None:
     """Which checkpoint translates, on which device, with which `decode.*` overrides of its config."""
     parser.add_argument("--run-dir", default="runs/multi30k", help="run whose avg.pt, best.pt or newest step is used")
-    parser.add_argument("--ckpt", help="a checkpoint file (overrides --run-dir)")
+    parser.add_argument("--ckpt", nargs="+", help="a checkpoint file (overrides --run-dir); several: an ensemble")
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--engine", choices=("torch", "ct2"), default="torch",
+                        help="ct2: decode with the run's CTranslate2 export (make export), in <run>/ct2")
     parser.add_argument("overrides", nargs="*", help="decode settings, e.g. decode.beam_size=1 (greedy) "
                                                      "decode.length_penalty=1.0 (default: the checkpoint's)")
 
 
 def load_translator(args):
-    """(checkpoint path, Translator) for arguments from add_translator_arguments."""
+    """(checkpoint paths, Translator) for arguments from add_translator_arguments."""
     from transformer.checkpoint import find_for_inference
     from transformer.translation import Translator
 
-    path = find_for_inference(args.run_dir, args.ckpt)
-    return path, Translator.from_checkpoint(path, args.device, args.overrides)
+    if args.engine == "ct2":
+        from pathlib import Path
+
+        from transformer.export import CT2Translator
+
+        folder = Path(args.ckpt[0]) if args.ckpt else Path(args.run_dir) / "ct2"
+        return [folder], CT2Translator(folder, args.device or "cpu", args.overrides)
+    paths = [find_for_inference(args.run_dir, ckpt) for ckpt in args.ckpt or [None]]
+    return paths, Translator.from_checkpoint(paths, args.device, args.overrides)
 
 
 def run(main) -> None:

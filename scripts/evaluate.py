@@ -21,9 +21,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ref", help="reference translations of --src, one per line")
     add_translator_arguments(parser)
     args = parser.parse_args(argv)
-    path, translator = load_translator(args)
+    paths, translator = load_translator(args)
     name, sources, references = test_set(translator, args.split, args.data, args.src, args.ref)
-    print(describe(evaluate(translator, name, sources, references, args.run_dir, path)))
+    print(describe(evaluate(translator, name, sources, references, args.run_dir, paths)))
     return 0
 
 

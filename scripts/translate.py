@@ -4,6 +4,9 @@
     python -m scripts.translate --run-dir runs/multi30k < input.de > output.en    # one line out per line in
     python -m scripts.translate --ckpt runs/multi30k/checkpoints/best.pt --input in.de --output out.en
     python -m scripts.translate --run-dir runs/multi30k decode.beam_size=1 < input.de    # greedy
+    python -m scripts.translate --sentence "..." decode.n_best=4 decode.scores=true       # candidates, scores
+    python -m scripts.translate --input in.de decode.sampling=true decode.top_p=0.9        # sampled
+    python -m scripts.translate --ckpt a.pt b.pt --input in.de                            # an ensemble
 """
 import argparse
 import contextlib
@@ -22,7 +25,7 @@ def interactive(translator: Translator) -> None:
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return
-        print(f"{tgt}: {translator.translate([line])[0]}")
+        print(*(f"{tgt}: {out}" for out in translator.output_lines([line])), sep="\n")
 
 
 def main(argv=None) -> int:
@@ -36,7 +39,7 @@ def main(argv=None) -> int:
         parser.error("--sentence is empty: give the text to translate, e.g. --sentence \"Ein Hund läuft.\"")
     _, translator = load_translator(args)
     if args.sentence is not None:
-        print(translator.translate([args.sentence])[0])
+        print(*translator.output_lines([args.sentence]), sep="\n")
     elif args.input is None and sys.stdin.isatty():
         interactive(translator)
     else:

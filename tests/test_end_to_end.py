@@ -105,6 +105,64 @@ def test_decode_settings_change_at_translation_time_and_nothing_else_does(traine
     assert out.returncode != 0 and b"only decode.* settings" in out.stderr and b"Traceback" not in out.stderr
 
 
+def test_training_chooses_the_length_penalty_on_val_and_translation_uses_it(trained):
+    run, env = trained
+    tuned = checkpoint.load(run / "checkpoints" / "best.pt")["decode"]
+    assert tuned["split"] == "val" and [row["length_penalty"] for row in tuned["table"]] == [0.6, 1.0, 1.4, 2.0, 3.0]
+    best = max(tuned["table"], key=lambda row: row["bleu"])
+    assert tuned["settings"] == {"length_penalty": best["length_penalty"], "beam_size": 4}
+    make("evaluate", f"RUN={run}", "CKPT=" + str(run / "checkpoints" / "best.pt"), "SPLIT=val", env=env)
+    report = json.loads((run / "val.bleu.json").read_text())
+    assert report["length_penalty"] == best["length_penalty"] and report["length_penalty_chosen_on"] == "val"
+    assert report["bleu"]["score"] == best["bleu"]  # the sweep's re-ranking is the search with that alpha
+    step = run / "checkpoints" / "step_0000060.pt"
+    out = make("tune-decode", f"CKPT={step}", "ARGS=decode.tune_length_penalties=0.6,2", env=env)
+    assert b"<- chosen" in out.stderr and len(checkpoint.load(step)["decode"]["table"]) == 2
+
+
+def test_n_best_sampling_and_ensembles_through_make_translate(trained):
+    run, env = trained
+    best, step = run / "checkpoints" / "best.pt", run / "checkpoints" / "step_0000060.pt"
+    sentence = "SENTENCE=Zwei Hunde spielen im Schnee."
+    translate = lambda *args: make("translate", f"RUN={run}", sentence, *args, env=env).stdout.decode().splitlines()
+    one = translate(f"CKPT={best}")
+    lines = translate(f"CKPT={best}", "ARGS=decode.n_best=4")
+    assert len(lines) == 4 and all(line.startswith("0 ||| ") for line in lines)
+    texts, scores = [line.split(" ||| ")[1] for line in lines], [float(line.split(" ||| ")[2]) for line in lines]
+    assert texts[0] == one[0] and scores == sorted(scores, reverse=True)
+    greedy = translate(f"CKPT={best}", "ARGS=decode.beam_size=1")
+    assert translate(f"CKPT={best}", "ARGS=decode.sampling=true decode.temperature=0") == greedy
+    sampled = translate(f"CKPT={best}", "ARGS=decode.sampling=true decode.n_best=5 decode.seed=7")
+    assert sampled == translate(f"CKPT={best}", "ARGS=decode.sampling=true decode.n_best=5 decode.seed=7")
+    assert len(sampled) == 5 and len({line.split(" ||| ")[1] for line in sampled}) > 1
+    scored = lambda ckpt: translate(f"CKPT={ckpt}", "ARGS=decode.scores=true")[0].split(" ||| ")[2]
+    assert scored(f"{best} {step}") not in (scored(best), scored(step))  # an ensemble of two: its own scores
+    foreign = run.parent / "foreign.pt"
+    state = checkpoint.load(step)
+    checkpoint.save({**state, "tokenizer": state["tokenizer"].replace("Hund", "Katze")}, foreign)
+    out = make("translate", f"CKPT={best} {foreign}", sentence, env=env, check=False)
+    assert out.returncode == 2 and b"different vocabularies" in out.stderr and b"Traceback" not in out.stderr
+
+
+def test_the_ctranslate2_export_decodes_as_the_project_does(trained, multi30k):
+    pytest.importorskip("ctranslate2")
+    from transformer.data import read_split
+    from transformer.export import CT2Translator
+    from transformer.translation import Translator
+
+    run, env = trained
+    best = run / "checkpoints" / "best.pt"
+    make("export", f"RUN={run}", f"CKPT={best}", env=env)
+    ours = Translator.from_checkpoint(best, "cpu", ["decode.beam_size=1"])
+    sources = read_split(ours.config.data, "val").src_text[:300]
+    theirs = CT2Translator(run / "ct2", "cpu", ["decode.beam_size=1"])
+    same = sum(a == b for a, b in zip(ours.translate(sources), theirs.translate(sources), strict=True))
+    assert same >= 0.99 * len(sources)
+    lines = make("translate", f"RUN={run}", "ENGINE=ct2", "SENTENCE=Zwei Hunde.", "ARGS=decode.n_best=2 "
+                 "decode.precision=int8", env=env).stdout.decode().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("0 ||| ")
+
+
 def test_translate_without_a_checkpoint_says_to_train(tmp_path):
     out = make("translate", f"RUN={tmp_path / 'none'}", "SENTENCE=Hallo", check=False)
     assert out.returncode != 0
@@ -128,6 +186,7 @@ def test_evaluate_and_average(trained, multi30k):
     make("average", f"RUN={run}", env=env)
     averaged = checkpoint.load(run / "checkpoints" / "avg.pt")
     assert averaged["averaged"] == [f"step_{step:07d}.pt" for step in (20, 40, 60, 80, 100)]
+    assert averaged["decode"]["split"] == "val" and len(averaged["decode"]["table"]) == 5  # tuned for itself
     out = make("translate", f"RUN={run}", "SENTENCE=Zwei Hunde.", env=env)  # avg.pt is now the default
     assert len(out.stdout.decode().splitlines()) == 1
 

@@ -7,8 +7,9 @@ from torch import nn
 
 from tests.conftest import small_model
 from transformer.metrics import bleu, scores
-from transformer.search import beam_search, greedy, length_penalty
+from transformer.search import Sampling, beam_search, greedy, length_penalty
 from transformer.tokenizer import BOS, EOS, PAD
+from transformer.tuning import rerank
 
 
 def sources(lengths, seed=0):
@@ -75,6 +76,99 @@ def test_nothing_follows_the_end_and_length_is_bounded(model):
             assert len(hyps[0].tokens) <= int((~pad[row]).sum()) - 1 + extra
         for row, h in enumerate(greedy(model, src, pad, extra)):
             assert len(h.tokens) <= int((~pad[row]).sum()) - 1 + extra
+
+
+def test_n_best_is_ordered_by_score_and_its_first_is_the_best(model):
+    src, pad = sources([5, 9, 3, 7])
+    for alpha in (0.6, 2.0):
+        best = beam_search(model, src, pad, beam_size=4, alpha=alpha, max_extra_len=10)
+        for one, many in zip(best, beam_search(model, src, pad, 4, alpha, 10, n_best=4), strict=True):
+            assert len(many) == 4 and many[0] == one[0]
+            assert [h.normalized for h in many] == sorted((h.normalized for h in many), reverse=True)
+            assert all(h.normalized == pytest.approx(h.score / length_penalty(len(h.tokens) + 1, alpha)) for h in many)
+
+
+def test_reranking_one_beam_gives_each_length_penalty_own_search(model):
+    src, pad = sources([5, 9, 3, 7, 4, 6])
+    every = beam_search(model, src, pad, beam_size=4, alpha=0.6, max_extra_len=10, n_best=4)
+    chosen = set()
+    for alpha in (0.0, 0.6, 1.0, 1.4, 2.0, 3.0, 10.0):
+        direct = beam_search(model, src, pad, beam_size=4, alpha=alpha, max_extra_len=10)
+        reranked = [rerank(hyps, alpha)[0] for hyps in every]
+        assert [h[0].tokens for h in direct] == [h.tokens for h in reranked]
+        assert [h[0].normalized for h in direct] == pytest.approx([h.normalized for h in reranked])
+        chosen.add(tuple(len(h.tokens) for h in reranked))
+    assert len(chosen) > 1  # alpha changed some choice, so the equality above is not trivial
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1e-4), dict(top_k=1),
+                                      dict(top_p=1e-6)])
+def test_sampling_without_randomness_is_greedy(model, settings):
+    src, pad = sources([5, 9, 3, 7])
+    sampled = greedy(model, src, pad, 10, sampling=Sampling(**settings, generator=torch.Generator().manual_seed(0)))
+    expected = greedy(model, src, pad, 10)
+    assert [h.tokens for h in sampled] == [h.tokens for h in expected]
+    assert [h.score for h in sampled] == pytest.approx([h.score for h in expected])
+
+
+def test_sampling_is_seeded_and_varies(model):
+    src, pad = sources([5] * 8)
+    draw = lambda seed: [h.tokens for h in greedy(model, src, pad, 10, sampling=Sampling(
+        generator=torch.Generator().manual_seed(seed)))]
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2)
+    assert len({tuple(t) for t in draw(1)}) > 1  # one source, several translations
+
+
+def test_sampling_draws_from_the_truncated_distribution():
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
+    lprobs = probs.log().expand(20000, 4)
+    count = lambda **kw: torch.bincount(Sampling(**kw, generator=torch.Generator().manual_seed(0))(lprobs),
+                                        minlength=4) / 20000
+    assert count().tolist() == pytest.approx(probs.tolist(), abs=0.015)
+    assert count(top_k=2).tolist() == pytest.approx([2 / 3, 1 / 3, 0, 0], abs=0.015)
+    assert count(top_p=0.7).tolist() == pytest.approx([2 / 3, 1 / 3, 0, 0], abs=0.015)  # 0.5 + 0.25 reach 0.7
+    assert count(top_p=0.5).tolist() == pytest.approx([1, 0, 0, 0])
+    sharp = (probs ** 2) / (probs ** 2).sum()
+    assert count(temperature=0.5).tolist() == pytest.approx(sharp.tolist(), abs=0.015)
+
+
+def test_an_ensemble_of_one_is_that_model_and_of_two_averages_log_probabilities(model):
+    src, pad = sources([5, 9, 3, 7])
+    one, alone = beam_search([model], src, pad, 4, 0.6, 10, n_best=4), beam_search(model, src, pad, 4, 0.6, 10, 4)
+    assert [[(h.tokens, h.score) for h in n] for n in one] == [[(h.tokens, h.score) for h in n] for n in alone]
+    torch.manual_seed(5)
+    other = small_model(vocab_size=model.embedding.num_embeddings)
+    src1, pad1 = sources([6])
+    pair = greedy([model, other], src1, pad1, max_extra_len=10)[0]
+    tgt_in, target = torch.tensor([[BOS] + pair.tokens]), torch.tensor(pair.tokens + [EOS])
+    with torch.no_grad():  # teacher-forced along the ensemble's output: (L+1, V) per model
+        lp = [torch.log_softmax(m.decode(tgt_in, m.encode(src1, pad1), pad1)[0], -1) for m in (model, other)]
+    mean = torch.log_softmax((lp[0] + lp[1]) / 2, -1)
+    mean[:, [PAD, BOS]] = float("-inf")
+    chosen = mean.gather(1, target[:, None]).squeeze(1)
+    if len(pair.tokens) == 6 + 10:  # cut at the length limit: </s> was the only choice, with log-probability 0
+        mean, chosen, target = mean[:-1], chosen[:-1], target[:-1]
+    assert mean.argmax(-1).tolist() == target.tolist()  # each token the ensemble's most probable
+    assert pair.score == pytest.approx(float(chosen.sum()), abs=1e-4)
+    assert target.tolist() != greedy(other, src1, pad1, 10)[0].tokens + [EOS]  # not just one of them
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bfloat16", 0.05), ("int8", 0.2)])  # of log-probabilities ~ -4
+def test_faster_precisions_predict_nearly_the_same_distribution(precision, tolerance):
+    import copy
+
+    from transformer.translation import at_precision
+
+    model = small_model()
+    fast = at_precision(copy.deepcopy(model), precision)
+    src, pad = sources([5, 9, 3, 7])
+    tgt = torch.tensor([[BOS, 7, 8, 9]] * 4)
+    with torch.no_grad():
+        exact = torch.log_softmax(model(src, pad, tgt).float(), -1)
+        approx = torch.log_softmax(fast(src, pad, tgt).float(), -1)
+    assert 0 < (approx - exact).abs().max() < tolerance  # close, and really computed otherwise
+    assert len(greedy(fast, src, pad, 10)) == 4
 
 
 def test_length_penalty_is_gnmt_formula():

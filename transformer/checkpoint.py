@@ -134,7 +134,7 @@ def average(paths: list[Path]) -> dict:
         floats = {k: v.double() for k, v in newest["model"].items() if v.is_floating_point()}
         total = floats if total is None else {k: total[k].add_(v) for k, v in floats.items()}
     model = {k: total[k].div(len(paths)).to(v.dtype) if k in total else v for k, v in newest["model"].items()}
-    averaged = {k: v for k, v in newest.items() if k != "format"}
+    averaged = {k: v for k, v in newest.items() if k not in ("format", "decode")}  # decode: tuned for one model
     averaged["model"] = model
     averaged["averaged"] = [p.name for p in paths]
     return averaged

@@ -91,9 +91,21 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DecodeConfig:
     beam_size: int = 4  # Sec. 6.1
-    length_penalty: float = 0.6  # alpha of GNMT's ((5 + len) / 6)^alpha
+    length_penalty: float = 0.6  # alpha of GNMT's ((5 + len) / 6)^alpha; a tuned checkpoint carries its own
     max_extra_len: int = 50  # output length <= input length + 50 (Sec. 6.1)
     max_tokens: int = 4000  # source tokens per translation batch
+    # float32 as trained; bfloat16 weights and activations; int8: dynamically quantized linear layers
+    precision: Literal["float32", "bfloat16", "int8"] = "float32"
+    # The length penalties tried on the validation split for each checkpoint training or `make average`
+    # writes (`make tune-decode` for any other); the best BLEU is stored in the checkpoint. Empty: none.
+    tune_length_penalties: tuple[float, ...] = (0.6, 1.0, 1.4, 2.0, 3.0)
+    n_best: int = 1  # candidates per sentence; more than 1 writes `line ||| text ||| score` lines
+    scores: bool = False  # write `line ||| text ||| score` for the best candidate too
+    sampling: bool = False  # draw each token from the model instead of searching (beam_size is not used)
+    temperature: float = 1.0  # sampling: < 1 sharpens the distribution, > 1 flattens it; 0 is greedy
+    top_k: int = 0  # sampling: only the k most probable tokens; 0 = all
+    top_p: float = 1.0  # sampling: only the most probable tokens holding this much probability (nucleus)
+    seed: int = 1  # sampling: the same seed and input give the same samples
 
 
 @dataclass(frozen=True)
@@ -206,6 +218,13 @@ def from_dict(values: dict) -> Config:
     for key in ("max_tokens", "accumulate", "valid_every", "save_every", "log_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    d = config.decode
+    if not d.sampling and d.n_best > max(d.beam_size, 1):
+        raise ConfigError(f"decode.n_best={d.n_best} needs a beam at least as wide: add decode.beam_size={d.n_best}")
+    if d.n_best < 1 or d.temperature < 0 or d.top_k < 0 or not 0 < d.top_p <= 1:
+        raise ConfigError(f"decode settings out of range (n_best={d.n_best}, temperature={d.temperature}, "
+                          f"top_k={d.top_k}, top_p={d.top_p}): n_best >= 1, temperature >= 0, top_k >= 0, "
+                          f"0 < top_p <= 1")
     return config
 
 

@@ -37,12 +37,13 @@ def test_set(translator: Translator, split: str | None = None, data_path: str | 
 
 
 def evaluate(translator: Translator, name: str, sources: list[str], references: list[str], run_dir: str | Path,
-             checkpoint: str | Path) -> dict:
+             checkpoints: list[Path]) -> dict:
     """Translate `sources`, score against `references`, and write the outputs into `run_dir`."""
     hyps = translator.translate(sources)
     decode, data = translator.config.decode, translator.config.data
-    report = {"split": name, "checkpoint": str(checkpoint), "step": translator.step, "direction":
-              f"{data.src_lang} -> {data.tgt_lang}", "beam": decode.beam_size, "length_penalty": decode.length_penalty,
+    report = {"split": name, "checkpoint": " + ".join(map(str, checkpoints)), "step": translator.step,
+              "direction": f"{data.src_lang} -> {data.tgt_lang}", "beam": decode.beam_size,
+              "length_penalty": decode.length_penalty, "length_penalty_chosen_on": translator.tuned_on,
               "sentences": len(hyps), "lowercased_training": translator.tokenizer.lowercase,
               **scores(hyps, references)}
     run_dir = Path(run_dir)
@@ -60,7 +61,8 @@ def evaluate(translator: Translator, name: str, sources: list[str], references: 
 def describe(report: dict) -> str:
     """The report as `make evaluate` prints it."""
     lines = [f"{report['split']}: {report['sentences']} sentences, {report['direction']}, {report['checkpoint']}, "
-             f"beam {report['beam']}, length penalty {report['length_penalty']}",
+             f"beam {report['beam']}, length penalty {report['length_penalty']}"
+             + (f" (chosen on {report['length_penalty_chosen_on']})" if report["length_penalty_chosen_on"] else ""),
              f"  {report['bleu']['text']}\n    sacreBLEU signature: {report['bleu']['signature']}",
              f"  chrF2 = {report['chrf']['score']:.2f}\n    signature: {report['chrf']['signature']}",
              f"  lower-cased tokenized BLEU (the number most Multi30k papers report) = {report['bleu_lc']['score']:.2f}"

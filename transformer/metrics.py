@@ -7,6 +7,7 @@ is given too and labelled as such, never mixed up with the primary one.
 from __future__ import annotations
 
 from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics.bleu import BLEUScore
 
 
 def _check(hyps: list[str], refs: list[str]) -> None:
@@ -16,8 +17,13 @@ def _check(hyps: list[str], refs: list[str]) -> None:
 
 
 def bleu(hyps: list[str], refs: list[str], lowercase: bool = False) -> float:
+    return corpus_bleu(hyps, refs, lowercase).score
+
+
+def corpus_bleu(hyps: list[str], refs: list[str], lowercase: bool = False) -> BLEUScore:
+    """sacreBLEU's result: .score, .bp (brevity penalty), .sys_len and .ref_len."""
     _check(hyps, refs)
-    return BLEU(lowercase=lowercase).corpus_score(hyps, [refs]).score
+    return BLEU(lowercase=lowercase).corpus_score(hyps, [refs])
 
 
 def scores(hyps: list[str], refs: list[str]) -> dict:

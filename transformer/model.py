@@ -27,7 +27,8 @@ deviation. `make summary` prints it; the README links here.
 | Average the last 5 checkpoints (6.1)    | transformer/checkpoint.py       | by step count, not 10-minute intervals |
 
 (a) attention and ReLU dropout are options, 0 by default. (b) tested against F.cross_entropy.
-(c) lp(Y) = ((5 + |Y|) / 6)^alpha; the Multi30k configs use alphas chosen on the validation split.
+(c) lp(Y) = ((5 + |Y|) / 6)^alpha; 6.1 chose it "after experimentation on the development set",
+and transformer/tuning.py does so for each checkpoint, from `decode.tune_length_penalties`.
 """
 from __future__ import annotations
 

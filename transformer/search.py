@@ -1,4 +1,5 @@
-"""Greedy decoding and batched beam search (Sec. 6.1) over a key/value cache.
+"""Greedy decoding, sampling and batched beam search (Sec. 6.1) over a key/value cache, for one
+model or an ensemble.
 
 "We used beam search with a beam size of 4 and length penalty alpha = 0.6 ... We set the maximum
 output length during inference to input length + 50, but terminate early when possible."
@@ -9,9 +10,13 @@ With `use_cache` (the default) each step feeds only the newest token: decoder se
 and values are appended to the cache, and the encoder output is projected to cross-attention keys
 and values once per sentence. Without it, every step recomputes the whole prefix (for tests and
 benchmarks).
+
+An ensemble (several models with one vocabulary) predicts the mean of its models' log-probabilities,
+renormalized: each step's distribution is their normalized geometric mean.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +39,13 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5 + length) / 6) ** alpha
 
 
-def max_output_lengths(src_pad: Tensor, max_extra_len: int, model: Transformer) -> Tensor:
-    """Per sentence: input length + max_extra_len generated tokens (before </s>), within the PE table."""
+Models = Transformer | Sequence[Transformer]  # one model, or an ensemble
+
+
+def max_output_lengths(src_pad: Tensor, max_extra_len: int, models: list[Transformer]) -> Tensor:
+    """Per sentence: input length + max_extra_len generated tokens (before </s>), within the PE tables."""
     src_len = (~src_pad).sum(1) - 1  # the source ends in </s>
-    return (src_len + max_extra_len).clamp(max=model.pe.size(0) - 1)
+    return (src_len + max_extra_len).clamp(max=min(m.pe.size(0) for m in models) - 1)
 
 
 def only_eos(lprobs: Tensor, rows: Tensor) -> None:
@@ -47,34 +55,71 @@ def only_eos(lprobs: Tensor, rows: Tensor) -> None:
 
 
 class _Stepper:
-    """Next-token log-probabilities for rows of hypotheses, with or without the cache."""
+    """Next-token log-probabilities for rows of hypotheses, with or without the cache.
 
-    def __init__(self, model: Transformer, memory: Tensor, src_pad: Tensor, use_cache: bool):
-        self.model, self.memory, self.src_pad = model, memory, src_pad
-        self.cache = model.new_cache() if use_cache else None
+    Row i of the hypotheses translates source sentence rows[i]."""
+
+    def __init__(self, models: list[Transformer], src: Tensor, src_pad: Tensor, rows: Tensor, use_cache: bool):
+        self.models, self.src_pad = models, src_pad.index_select(0, rows)
+        self.memories = [m.encode(src, src_pad).index_select(0, rows) for m in models]  # each (N, S, D)
+        self.caches = [m.new_cache() if use_cache else None for m in models]
 
     def __call__(self, tokens: Tensor) -> Tensor:
         """tokens (N, t) -> log-probabilities (N, V) of token t+1, in float32."""
-        new = tokens[:, -1:] if self.cache is not None else tokens
-        logits = self.model.decode(new, self.memory, self.src_pad, self.cache)[:, -1]
-        lprobs = F.log_softmax(logits.float(), dim=-1)
+        new = tokens[:, -1:] if self.caches[0] is not None else tokens
+        lprobs = [F.log_softmax(m.decode(new, memory, self.src_pad, cache)[:, -1].float(), dim=-1)
+                  for m, memory, cache in zip(self.models, self.memories, self.caches, strict=True)]
+        lprobs = lprobs[0] if len(lprobs) == 1 else F.log_softmax(torch.stack(lprobs).mean(0), dim=-1)
         lprobs[:, PAD] = lprobs[:, BOS] = float("-inf")  # never generated
         return lprobs
 
     def select(self, rows: Tensor) -> None:
         """Keep (and reorder) hypothesis rows."""
-        self.memory, self.src_pad = self.memory.index_select(0, rows), self.src_pad.index_select(0, rows)
-        if self.cache is not None:
-            self.cache.select(rows)
+        self.memories = [memory.index_select(0, rows) for memory in self.memories]
+        self.src_pad = self.src_pad.index_select(0, rows)
+        for cache in self.caches:
+            if cache is not None:
+                cache.select(rows)
+
+
+def as_list(models: Models) -> list[Transformer]:
+    return [models] if isinstance(models, torch.nn.Module) else list(models)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Draw each token from the model's distribution: sharpened or flattened by `temperature` (0 picks
+    the most probable token), cut to the `top_k` most probable tokens (0: all), then to the smallest
+    set whose probability reaches `top_p` (nucleus sampling, Holtzman et al., 2020; 1: all)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    def __call__(self, lprobs: Tensor) -> Tensor:
+        """lprobs (N, V) -> the drawn token of each row (N,)."""
+        if self.temperature == 0:
+            return lprobs.argmax(dim=-1)
+        logits = lprobs / self.temperature
+        if 0 < self.top_k < logits.size(-1):
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1:
+            ordered, order = logits.sort(dim=-1, descending=True)
+            before = ordered.softmax(dim=-1).cumsum(dim=-1) - ordered.softmax(dim=-1)  # mass of the likelier ones
+            logits = logits.scatter(-1, order, ordered.masked_fill(before >= self.top_p, float("-inf")))
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
 
 
 @torch.no_grad()
-def greedy(model: Transformer, src: Tensor, src_pad: Tensor, max_extra_len: int = 50,
-           use_cache: bool = True) -> list[Hypothesis]:
-    """Pick the most probable token at each step. src (B, S) -> one hypothesis per sentence."""
-    B = src.size(0)
-    limit = max_output_lengths(src_pad, max_extra_len, model)  # (B,)
-    step = _Stepper(model, model.encode(src, src_pad), src_pad, use_cache)
+def greedy(model: Models, src: Tensor, src_pad: Tensor, max_extra_len: int = 50, use_cache: bool = True,
+           sampling: Sampling | None = None) -> list[Hypothesis]:
+    """Pick the most probable token at each step, or draw it (`sampling`). src (B, S) -> one hypothesis per
+    sentence; its score is the model's log-probability, whatever the sampling settings."""
+    models, B = as_list(model), src.size(0)
+    limit = max_output_lengths(src_pad, max_extra_len, models)  # (B,)
+    step = _Stepper(models, src, src_pad, torch.arange(B, device=src.device), use_cache)
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
     scores = torch.zeros(B, device=src.device)
     active = torch.arange(B, device=src.device)  # sentences still decoding
@@ -83,7 +128,11 @@ def greedy(model: Transformer, src: Tensor, src_pad: Tensor, max_extra_len: int 
         lprobs = step(tokens)  # (n, V)
         at_limit = t > limit[active]  # only </s> may follow the longest allowed output
         only_eos(lprobs, at_limit)
-        best, choice = lprobs.max(dim=-1)
+        if sampling is None:
+            best, choice = lprobs.max(dim=-1)
+        else:
+            choice = sampling(lprobs)
+            best = lprobs.gather(1, choice[:, None]).squeeze(1)
         scores[active] += best
         tokens = torch.cat([tokens, choice[:, None]], dim=1)
         done = choice == EOS
@@ -100,18 +149,17 @@ def greedy(model: Transformer, src: Tensor, src_pad: Tensor, max_extra_len: int 
 
 
 @torch.no_grad()
-def beam_search(model: Transformer, src: Tensor, src_pad: Tensor, beam_size: int = 4, alpha: float = 0.6,
+def beam_search(model: Models, src: Tensor, src_pad: Tensor, beam_size: int = 4, alpha: float = 0.6,
                 max_extra_len: int = 50, n_best: int = 1, use_cache: bool = True) -> list[list[Hypothesis]]:
     """Batched beam search. src (B, S) -> the n_best hypotheses of each sentence, best first.
 
     A sentence is finished once `beam_size` hypotheses have ended in </s>; finished sentences
     leave the batch so later steps only compute live ones.
     """
-    B, K, device = src.size(0), beam_size, src.device
-    limit = max_output_lengths(src_pad, max_extra_len, model)  # (B,)
+    models, B, K, device = as_list(model), src.size(0), beam_size, src.device
+    limit = max_output_lengths(src_pad, max_extra_len, models)  # (B,)
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,): sentence of each row
-    memory = model.encode(src, src_pad)
-    step = _Stepper(model, memory.index_select(0, rows), src_pad.index_select(0, rows), use_cache)
+    step = _Stepper(models, src, src_pad, rows, use_cache)
     tokens = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)  # (n*K, t)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first

@@ -35,6 +35,7 @@ from .monitor import Monitor
 from .optim import lr_at, make_optimizer, set_lr
 from .tokenizer import PAD
 from .translation import Translator
+from .tuning import tune
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
                 loop(ctx, state)
                 if rt.distributed:
                     dist.barrier()  # no rank tears the group down while another still talks to it
+                if rt.is_main and ctx.stop.reason is None:  # a Ctrl-C should not wait for a sweep
+                    tune_last(run_dir, rt.device)
             except KeyboardInterrupt:  # a second Ctrl-C: nothing is saved
                 log.error(f"\naborted; the last checkpoint in {run_dir}/checkpoints is intact. "
                           f"Resume: make train RUN={run_dir}")
@@ -263,6 +266,13 @@ def validate(model: Transformer, data: Prepared, config: Config, rt: runtime.Run
         result.hyps = [data.tokenizer.decode(h[0].tokens) if h else "" for h in hyps]
         result.bleu = bleu(result.hyps, valid.tgt_text, lowercase=data.tokenizer.lowercase)
     return result
+
+
+def tune_last(run_dir: Path, device) -> None:
+    """Choose the length penalty of what the run leaves for translation (best.pt, else its newest step)."""
+    folder = run_dir / "checkpoints"
+    path = folder / "best.pt" if (folder / "best.pt").is_file() else checkpoint.step_checkpoints(folder)[-1]
+    tune(path, device=str(device))
 
 
 def save_checkpoint(ctx: Context, state: TrainState, name: str | None = None) -> Path:

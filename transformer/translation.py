@@ -1,12 +1,17 @@
-"""Text in, text out: a Translator built from a checkpoint alone (its config and tokenizer ride along).
+"""Text in, text out: a Translator built from a checkpoint alone (its config and tokenizer ride along),
+or from several (an ensemble sharing one vocabulary).
 
 Lines come in as bytes: invalid UTF-8 is replaced and reported, a blank line gives a blank line,
 and a line longer than the model allows is truncated with a warning, so the output always has
-one line per input line.
+one line per input line. With `decode.n_best` > 1 (or `decode.scores`) each input line gives
+n_best output lines `line ||| text ||| score`, line counted from 0, best first; the score is what
+ranks them: log P(Y | X) / lp(Y) in beam search, log P(Y | X) in greedy decoding and sampling.
 """
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -17,33 +22,50 @@ from .batching import collate, make_batches
 from .config import Config, ConfigError, from_dict, merge, parse_overrides
 from .errors import InputError
 from .model import Transformer
-from .search import beam_search, greedy
+from .search import Models, Sampling, as_list, beam_search, greedy
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 
 class Translator:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: Config, step: int = 0):
-        self.model, self.tokenizer, self.config, self.step = model.eval(), tokenizer, config, step
-        self.device = next(model.parameters()).device
+    def __init__(self, model: Models, tokenizer: Tokenizer, config: Config, step: int = 0, tuned_on: str = ""):
+        self.models = [m.eval() for m in as_list(model)]
+        self.model, self.tokenizer, self.config, self.step = self.models[0], tokenizer, config, step
+        self.tuned_on = tuned_on  # the split the checkpoint's length penalty was chosen on, if it was
+        self.device = next(self.model.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, overrides: list[str] = ()) -> Translator:
-        """`overrides` change decode settings only, e.g. ["decode.beam_size=5", "decode.length_penalty=1.0"]."""
+    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str | None = None,
+                        overrides: list[str] = ()) -> Translator:
+        """`overrides` change decode settings only, e.g. ["decode.beam_size=5", "decode.length_penalty=1.0"].
+
+        Several paths make an ensemble; the first one's decode settings are used."""
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
         changes = parse_overrides(overrides)
         fixed = sorted(set(changes) - {"decode"})
         if fixed:
             raise ConfigError(f"only decode.* settings can change after training; {', '.join(fixed)} "
                               f"settings are fixed by the checkpoint")
-        state = checkpoint.load(path)
-        if "tokenizer" not in state or "config" not in state:
-            raise checkpoint.CheckpointError(f"{path} lacks its config or tokenizer; it cannot translate alone")
-        config, tokenizer = from_dict(merge(state["config"], changes)), Tokenizer.from_str(state["tokenizer"])
-        model = Transformer(config.model, tokenizer.vocab_size)
-        model.load_state_dict(state["model"])
+        states = [checkpoint.load(p) for p in paths]
+        for p, state in zip(paths, states, strict=True):
+            if "tokenizer" not in state or "config" not in state:
+                raise checkpoint.CheckpointError(f"{p} lacks its config or tokenizer; it cannot translate alone")
+            if state["tokenizer"] != states[0]["tokenizer"]:
+                raise checkpoint.CheckpointError(f"{p} and {paths[0]} have different vocabularies; an ensemble needs "
+                                                 f"checkpoints trained on the same data with the same tokenizer")
+        first, tokenizer = states[0], Tokenizer.from_str(states[0]["tokenizer"])
+        tuned = first.get("decode", {})
+        config = from_dict(merge(merge(first["config"], {"decode": tuned.get("settings", {})}), changes))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), tokenizer, config, state.get("state", {}).get("step", 0))
+        models = []
+        for state in states:
+            model = Transformer(from_dict(state["config"]).model, tokenizer.vocab_size)
+            model.load_state_dict(state["model"])
+            models.append(at_precision(model.to(device), config.decode.precision))
+        overridden = "length_penalty" in changes.get("decode", {})
+        return cls(models, tokenizer, config, first.get("state", {}).get("step", 0),
+                   "" if overridden else tuned.get("split", ""))
 
     @property
     def max_source_tokens(self) -> int:
@@ -61,26 +83,38 @@ class Translator:
         return ids
 
     @torch.no_grad()
-    def translate_ids(self, src_ids: list[list[int]], beam_size: int | None = None, n_best: int = 1,
+    def translate_ids(self, src_ids: list[list[int]], beam_size: int | None = None, n_best: int | None = None,
                       use_cache: bool = True):
-        """Hypotheses for each source (empty sources give none), in input order.
+        """The `n_best` hypotheses of each source, best first (empty sources give none), in input order.
 
         Sentences are sorted by length and batched by `decode.max_tokens` source tokens
-        (padded, times the beam), then put back in their original order.
+        (padded, times the beam or the samples), then put back in their original order.
         """
         cfg = self.config.decode
         beam = cfg.beam_size if beam_size is None else beam_size
+        n_best = cfg.n_best if n_best is None else n_best
+        sampling = None
+        if cfg.sampling:
+            generator = torch.Generator(self.device).manual_seed(cfg.seed)
+            sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        width = n_best if sampling else max(beam, 1)
         results: list = [[] for _ in src_ids]
         todo = [i for i, seq in enumerate(src_ids) if seq]
         lengths = [len(src_ids[i]) for i in todo]
-        budget = max(cfg.max_tokens // max(beam, 1), max(lengths, default=0) + 1)
+        budget = max(cfg.max_tokens // width, max(lengths, default=0) + 1)
         for batch_rows in make_batches(lengths, lengths, budget):
             indices = [todo[r] for r in batch_rows]
             batch = collate([src_ids[i] for i in indices]).to(self.device)
-            if beam <= 1:
-                hyps = [[h] for h in greedy(self.model, batch.src, batch.src_pad, cfg.max_extra_len, use_cache)]
+            if sampling:  # n_best samples of each sentence, most probable first
+                rows = torch.arange(len(indices), device=self.device).repeat_interleave(n_best)
+                drawn = greedy(self.models, batch.src[rows], batch.src_pad[rows], cfg.max_extra_len, use_cache,
+                               sampling)
+                hyps = [sorted(drawn[k * n_best : (k + 1) * n_best], key=lambda h: h.score, reverse=True)
+                        for k in range(len(indices))]
+            elif beam <= 1:
+                hyps = [[h] for h in greedy(self.models, batch.src, batch.src_pad, cfg.max_extra_len, use_cache)]
             else:
-                hyps = beam_search(self.model, batch.src, batch.src_pad, beam, cfg.length_penalty,
+                hyps = beam_search(self.models, batch.src, batch.src_pad, beam, cfg.length_penalty,
                                    cfg.max_extra_len, n_best, use_cache)
             for i, h in zip(indices, hyps, strict=True):
                 results[i] = h
@@ -88,15 +122,39 @@ class Translator:
 
     def translate(self, sentences: list[str]) -> list[str]:
         """One detokenized translation per input sentence; a blank line gives an empty line."""
-        hyps = self.translate_ids(self.encode([s.strip() for s in sentences]))
-        return [self.tokenizer.decode(h[0].tokens) if h else "" for h in hyps]
+        return [candidates[0][0] for candidates in self.translate_scored(sentences, n_best=1)]
+
+    def translate_scored(self, sentences: list[str], n_best: int | None = None) -> list[list[tuple[str, float]]]:
+        """The `n_best` (text, score) candidates of each sentence, best first; ("", 0.0) for a blank line."""
+        hyps = self.translate_ids(self.encode([s.strip() for s in sentences]), n_best=n_best)
+        return [[(self.tokenizer.decode(h.tokens), h.normalized) for h in found] or [("", 0.0)] for found in hyps]
+
+    def output_lines(self, sentences: list[str], first_line: int = 0) -> list[str]:
+        """What `make translate` writes: a translation per sentence, or `line ||| text ||| score` lines."""
+        cfg = self.config.decode
+        if cfg.n_best == 1 and not cfg.scores:
+            return self.translate(sentences)
+        return [f"{first_line + i} ||| {text} ||| {score:.4f}"
+                for i, candidates in enumerate(self.translate_scored(sentences)) for text, score in candidates]
 
     def translate_stream(self, lines: list[str], out: TextIO, chunk: int = 2000) -> None:
         """Translate `chunk` lines at a time, writing (and flushing) each chunk as it is done."""
         for start in range(0, len(lines), chunk):
-            for hyp in self.translate(lines[start : start + chunk]):
-                out.write(hyp + "\n")
+            for line in self.output_lines(lines[start : start + chunk], start):
+                out.write(line + "\n")
             out.flush()
+
+
+def at_precision(model: Transformer, precision: str) -> Transformer:
+    """The model for decoding in `precision`: bfloat16 weights, or int8 linear layers whose activations
+    are quantized on the fly (torch's dynamic quantization; the shared pre-softmax matrix stays float)."""
+    if precision == "bfloat16":
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        with warnings.catch_warnings():  # torch.ao.quantization warns that it moves to torchao
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
 
 
 def read_lines(stream: BinaryIO) -> list[str]:
