@@ -6,7 +6,8 @@ Measures: the matmul peak (float32, bfloat16); training throughput in source + t
 and achieved GFLOP/s for float32 and bf16 autocast, through the real training step; peak memory;
 data preparation time (from scratch and cached) and how soon a run without any corpus fails;
 decoding sentences/s on the test split for greedy and beam 4, with and without the key/value
-cache. Machine and library versions included.
+cache; beam-4 sentences/s and BLEU of each way to decode on a CPU (float32, bfloat16, int8, and
+the CTranslate2 export in float32 and int8). Machine and library versions included.
 """
 import argparse
 import json
@@ -27,6 +28,8 @@ from transformer import checkpoint, runtime
 from transformer.batching import make_batches, padding_fraction, step_groups
 from transformer.config import load_config
 from transformer.data import DataError, prepare, read_split
+from transformer.export import CT2Translator, ExportError, export
+from transformer.metrics import bleu
 from transformer.model import Transformer, forward_flops
 from transformer.optim import make_optimizer
 from transformer.training import Context, train_step
@@ -145,6 +148,32 @@ def decoding(translator: Translator, uncached: int) -> list[dict]:
     return rows
 
 
+def inference(path: str, split) -> list[dict]:
+    """Beam-4 sentences/s and BLEU on the test split for each engine and precision, in one run."""
+    options = [("torch", precision) for precision in ("float32", "bfloat16", "int8")]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            export(path, folder)
+            options += [("ct2", "float32"), ("ct2", "int8")]
+        except ExportError as error:
+            print(f"no CTranslate2 rows: {error}", file=sys.stderr)
+        for engine, precision in options:
+            overrides = [f"decode.precision={precision}", "decode.beam_size=4"]
+            translator = (CT2Translator(folder, "cpu", overrides) if engine == "ct2"
+                          else Translator.from_checkpoint(path, "cpu", overrides))
+            sources, references = (getattr(split, side) for side in ("src_text", "tgt_text"))
+            tic = time.perf_counter()
+            hyps = translator.translate(sources)
+            seconds = time.perf_counter() - tic
+            rows.append({"engine": engine, "precision": precision, "sentences": len(sources),
+                         "sentences_per_s": round(len(sources) / seconds, 1),
+                         "bleu": round(bleu(hyps, references, translator.tokenizer.lowercase), 2)})
+    for row in rows:
+        row["speedup"] = round(row["sentences_per_s"] / rows[0]["sentences_per_s"], 2)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/multi30k.yaml")
@@ -166,6 +195,9 @@ def main(argv=None) -> int:
                           for p in ("float32", "bfloat16")]
     translator, report["decoding_checkpoint"] = decoding_translator(config, prepared, args.ckpt)
     report["decoding"] = decoding(translator, args.uncached)
+    if not report["decoding_checkpoint"].startswith("untrained"):
+        data = translator.config.data
+        report["inference"] = inference(report["decoding_checkpoint"], read_split(data, data.test_split))
     report["peak_rss_gib"] = round(peak_rss_gib(), 2)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # runs/ may not exist yet
     Path(args.json).write_text(json.dumps(report, indent=2))
@@ -194,6 +226,11 @@ def table(r: dict) -> str:
     for d in r["decoding"]:
         lines.append(f"          {d['beam']:>4}  {'yes' if d['cache'] else 'no':>5}  {d['sentences']:>9}  "
                      f"{d['sentences_per_s']:>6}  {d['output_tokens_per_s']:>9}  {d.get('cache_speedup', '')}")
+    if r.get("inference"):
+        lines += ["", "inference beam 4, the test split", "          engine  precision  sent/s  speedup   BLEU"]
+        for d in r["inference"]:
+            lines.append(f"          {d['engine']:<6}  {d['precision']:<9}  {d['sentences_per_s']:>6}  "
+                         f"{d['speedup']:>6.2f}x  {d['bleu']:>5.2f}")
     return "\n".join(lines)
 
 
