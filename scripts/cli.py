@@ -29,8 +29,11 @@ def load_translator(args):
     if args.engine == "ct2":
         from pathlib import Path
 
+        from transformer.errors import InputError
         from transformer.export import CT2Translator
 
+        if args.ckpt and len(args.ckpt) > 1:
+            raise InputError("ENGINE=ct2 translates with one exported model; ensembles run in the project's decoder")
         folder = Path(args.ckpt[0]) if args.ckpt else Path(args.run_dir) / "ct2"
         return [folder], CT2Translator(folder, args.device or "cpu", args.overrides)
     paths = [find_for_inference(args.run_dir, ckpt) for ckpt in args.ckpt or [None]]

@@ -161,3 +161,107 @@ def test_paper_model_sizes(path, low, high):
     config = load_config(path)
     model = Transformer(config.model, config.tokenizer.vocab_size)
     assert low <= sum(p.numel() for p in model.parameters()) <= high
+
+
+# ---------------------------------------------------------------------------- what-if variants
+
+def test_with_every_variant_at_its_default_the_model_is_the_papers():
+    """Parameters and outputs of a seeded model, as the model computed them before the variants existed."""
+    model = small_model()
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randint(4, V, (2, 7), generator=g), torch.randint(4, V, (2, 5), generator=g)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 5:] = True
+    with torch.no_grad():
+        out = model(src, pad, tgt).double()
+        total = float(sum(p.double().sum() for p in model.parameters()))
+    assert len(list(model.parameters())) == 61 and sum(p.numel() for p in model.parameters()) == 43584
+    assert total == pytest.approx(283.44358200182614, rel=1e-9)
+    assert (float(out.sum()), float(out.abs().sum())) == pytest.approx((96.88354955380782, 348.88636208092794),
+                                                                         rel=1e-5)
+
+
+def attention_case(score, d_k=0, seed=0):
+    torch.manual_seed(seed)
+    attn = MultiHeadAttention(16, 2, 0.0, d_k, score).eval()
+    x, kv = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    q, k, v = attn.split_heads(attn.w_q(x)), attn.split_heads(attn.w_k(kv)), attn.split_heads(attn.w_v(kv))
+    return attn, x, kv, q, k, v
+
+
+@pytest.mark.parametrize("score", ["scaled_dot", "dot", "squared", "reversed", "additive"])
+def test_each_attention_score_is_its_formula(score):
+    attn, x, kv, q, k, v = attention_case(score)
+    dk = q.size(-1)
+    explicit = {  # (B, H, Tq, Tk), written out
+        "scaled_dot": lambda: q @ k.transpose(-2, -1) / math.sqrt(dk),
+        "dot": lambda: q @ k.transpose(-2, -1),
+        "squared": lambda: (q**2) @ (k**2).transpose(-2, -1) / math.sqrt(dk),
+        "reversed": lambda: torch.einsum("bhqd,bhkd->bhqk", q, k[..., torch.arange(dk - 1, -1, -1)]) / math.sqrt(dk),
+        "additive": lambda: (torch.tanh(q[:, :, :, None] + k[:, :, None]) * attn.v_a[None, :, None, None]).sum(-1),
+    }[score]()
+    heads = explicit.softmax(-1) @ v  # (B, H, Tq, dv)
+    expected = attn.w_o(heads.transpose(1, 2).reshape(2, 3, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, kv), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(attn.attention_weights(x, kv), explicit.softmax(-1), atol=1e-6, rtol=1e-5)
+
+
+def test_a_smaller_d_k_narrows_queries_and_keys_only():
+    attn, x, kv, q, k, v = attention_case("scaled_dot", d_k=4)
+    assert q.shape[-1] == 4 and k.shape[-1] == 4 and v.shape[-1] == 8  # values keep D / H
+    expected = attn.w_o(((q @ k.transpose(-2, -1) / 2).softmax(-1) @ v).transpose(1, 2).reshape(2, 3, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, kv), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_masks_see_what_their_names_say():
+    src, src_pad, tgt = random_batch(T=6)
+    seen = {}
+    for order in ("causal", "anticausal", "none"):
+        model = small_model(decoder_mask=order)
+        weights = model.attention_maps(src, src_pad, tgt)["decoder_self"][0]  # (B, H, T, T)
+        seen[order] = (bool((weights[..., 0, -1] > 0).all()), bool((weights[..., -1, 0] > 0).all()))
+        changed = tgt.clone()
+        changed[:, -1] = (changed[:, -1] + 1 - 4) % (V - 4) + 4  # another last token
+        with torch.no_grad():
+            first_moves = not torch.allclose(model(src, src_pad, tgt)[:, 0], model(src, src_pad, changed)[:, 0])
+        assert first_moves == (order != "causal")  # position 0 reads the last token unless causal
+    # (0 sees the last, the last sees 0)
+    assert seen == {"causal": (False, True), "anticausal": (True, False), "none": (True, True)}
+
+
+@pytest.mark.parametrize("order", ["anticausal", "none"])
+def test_masks_that_see_later_positions_ignore_target_padding(order):
+    model = small_model(decoder_mask=order)
+    src, src_pad, tgt = random_batch(B=1, T=4)
+    padded = torch.cat([tgt, torch.zeros(1, 3, dtype=torch.long)], dim=1)  # PAD = 0 after the target
+    with torch.no_grad():
+        out = model(src, src_pad, padded)
+    torch.testing.assert_close(out[:, :4], model(src, src_pad, tgt), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out).all()  # padding positions too: a NaN there would reach the gradients
+
+
+@pytest.mark.parametrize("order", ["anticausal", "none"])
+def test_decoding_a_decoder_that_sees_later_positions_recomputes_the_prefix(order):
+    from transformer.search import beam_search, greedy
+
+    model = small_model(decoder_mask=order)
+    src, src_pad, _ = random_batch()
+    assert [h.tokens for h in greedy(model, src, src_pad, 5)] == [
+        h.tokens for h in greedy(model, src, src_pad, 5, use_cache=False)]
+    assert len(beam_search(model, src, src_pad, 3, max_extra_len=5)) == 3
+
+
+def test_positions_learned_are_parameters_and_none_adds_nothing():
+    learned, none = small_model(positional="learned"), small_model(positional="none")
+    assert any(name == "pe" for name, _ in learned.named_parameters())
+    assert not any(name == "pe" for name, _ in none.named_parameters())
+    tokens = torch.randint(4, V, (2, 5))
+    torch.testing.assert_close(none.embed(tokens, none.embedding), none.embedding(tokens) * math.sqrt(32), atol=0,
+                               rtol=0)
+    torch.testing.assert_close(learned.embed(tokens, learned.embedding),
+                               learned.embedding(tokens) * math.sqrt(32) + learned.pe[:5], atol=0, rtol=0)
+    src, src_pad, tgt = random_batch()
+    learned(src, src_pad, tgt).sum().backward()
+    assert learned.pe.grad is not None and learned.pe.grad[:6].abs().sum() > 0

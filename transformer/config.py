@@ -35,6 +35,11 @@ class ModelConfig:
     layer_norm_eps: float = 1e-6  # not given in the paper
     share_embeddings: bool = True  # one matrix for source, target and pre-softmax (Sec. 3.4)
     max_positions: int = 1024  # rows of the sinusoid table; longer inputs are truncated
+    # What-if variants (docs/lab.md); the paper's choice is each default.
+    d_k: int = 0  # query and key size of a head; 0: D / H (Table 3 row B makes it smaller, values stay D / H)
+    attention_score: Literal["scaled_dot", "dot", "additive", "squared", "reversed"] = "scaled_dot"
+    decoder_mask: Literal["causal", "anticausal", "none"] = "causal"  # what a target position sees of the others
+    positional: Literal["sinusoid", "learned", "none"] = "sinusoid"  # Table 3 row E: learned
 
 
 @dataclass(frozen=True)

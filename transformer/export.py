@@ -52,11 +52,17 @@ def export(path: str | Path, out: str | Path, quantization: str | None = None) -
     state = checkpoint.load(path)
     config, tokenizer = from_dict(state["config"]), Tokenizer.from_str(state["tokenizer"])
     m, w = config.model, {k: v.float().numpy() for k, v in state["model"].items()}
+    variants = {key: getattr(m, key) for key, paper in (("d_k", 0), ("attention_score", "scaled_dot"),
+                                                         ("decoder_mask", "causal")) if getattr(m, key) != paper}
+    if variants:
+        raise ExportError(f"CTranslate2's Transformer has no place for {variants}; export a model of the paper's "
+                          f"attention")
     spec = transformer_spec.TransformerSpec.from_config((m.encoder_layers, m.decoder_layers), m.n_heads,
                                                         pre_norm=m.norm == "pre")
     spec.config.layer_norm_epsilon = m.layer_norm_eps
     spec.config.add_source_eos = True  # the project's sources end in </s>
-    pe = sinusoids(m.max_positions, m.d_model).numpy()
+    pe = w["pe"] if m.positional == "learned" else sinusoids(m.max_positions, m.d_model).numpy() * (
+        m.positional == "sinusoid")
     src_embedding = "embedding.weight" if m.share_embeddings else "src_embedding.weight"
     for side, embedding in ((spec.encoder, src_embedding), (spec.decoder, "embedding.weight")):
         (side.embeddings[0] if isinstance(side.embeddings, list) else side.embeddings).weight = w[embedding]

@@ -14,7 +14,7 @@ deviation. `make summary` prints it; the README links here.
 | Post-norm residual blocks (3.1, 5.4)    | Residual, `model.norm=post`     | faithful; pre-norm is an option        |
 | LayerNorm epsilon                       | `model.layer_norm_eps` = 1e-6   | not given in the paper                 |
 | Encoder and decoder stacks, N = 6 (3.1) | EncoderLayer, DecoderLayer      | faithful                               |
-| Decoder masks future positions (3.2.3)  | `causal=True` in self-attention | faithful                               |
+| Decoder masks future positions (3.2.3)  | `model.decoder_mask` = causal   | faithful                               |
 | Shared embeddings and pre-softmax (3.4) | Transformer.embedding           | faithful; `share_embeddings` option    |
 | Embeddings scaled by sqrt(D) (3.4)      | Transformer.embed               | faithful                               |
 | Sinusoidal positional encoding (3.5)    | sinusoids()                     | faithful; `model.max_positions` rows   |
@@ -29,9 +29,13 @@ deviation. `make summary` prints it; the README links here.
 (a) attention and ReLU dropout are options, 0 by default. (b) tested against F.cross_entropy.
 (c) lp(Y) = ((5 + |Y|) / 6)^alpha; 6.1 chose it "after experimentation on the development set",
 and transformer/tuning.py does so for each checkpoint, from `decode.tune_length_penalties`.
+What-if variants, each defaulting to the paper: `model.attention_score` (dot, additive, squared,
+reversed), `model.decoder_mask` (anticausal, none), `model.positional` (learned, Table 3 row E;
+none) and `model.d_k` (Table 3 row B).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -91,20 +95,27 @@ class MultiHeadAttention(nn.Module):
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(dk)) V (Sec. 3.2.1) is computed by
     `F.scaled_dot_product_attention`; `attention_weights` gives the softmax itself (for heatmaps).
+    `score` swaps the compatibility function for a what-if variant (`scores` spells each out):
+    dot (no 1 / sqrt(dk)), additive (v^T tanh(q + k) per head, the alternative Sec. 3.2.1 compares),
+    squared (the squares of q's and k's components, then the scaled dot product), reversed (q against
+    k's components in reverse order).
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, d_k: int = 0, score: str = "scaled_dot"):
         super().__init__()
         assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
-        self.n_heads, self.dropout = n_heads, dropout
-        self.w_q = nn.Linear(d_model, d_model, bias=False)
-        self.w_k = nn.Linear(d_model, d_model, bias=False)
+        self.n_heads, self.dropout, self.score = n_heads, dropout, score
+        self.d_k = d_k or d_model // n_heads
+        self.w_q = nn.Linear(d_model, n_heads * self.d_k, bias=False)
+        self.w_k = nn.Linear(d_model, n_heads * self.d_k, bias=False)
         self.w_v = nn.Linear(d_model, d_model, bias=False)
         self.w_o = nn.Linear(d_model, d_model, bias=False)
+        if score == "additive":  # v_a of each head (Bahdanau et al., 2015)
+            self.v_a = nn.Parameter(torch.empty(n_heads, self.d_k).uniform_(-self.d_k**-0.5, self.d_k**-0.5))
 
     def split_heads(self, x: Tensor) -> Tensor:
-        B, L, D = x.shape
-        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, L, dk)
+        B, L, HD = x.shape
+        return x.view(B, L, self.n_heads, HD // self.n_heads).transpose(1, 2)  # (B, H, L, dk) or (B, H, L, dv)
 
     def project(self, x: Tensor, kv: Tensor, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
         """Q from x (B, Tq, D); K and V from kv (B, Tk, D), or from the cache: each (B, H, L, dk)."""
@@ -118,34 +129,62 @@ class MultiHeadAttention(nn.Module):
             cache.k, cache.v = k, v
         return q, k, v
 
-    def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False,
+    def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, order: str = "none",
                 cache: KVCache | None = None) -> Tensor:
         """x (B, Tq, D) attends over kv (B, Tk, D); mask (B, 1, 1, Tk), True = may attend. -> (B, Tq, D)
 
-        With a cache, x holds only the new positions: one new position may see everything before it.
+        `order` masks positions by place: causal (each sees itself and those before, Sec. 3.2.3),
+        anticausal (itself and those after), none. With a cache, x holds only the new positions: one
+        new position may see everything before it.
         """
         q, k, v = self.project(x, kv, cache)
-        causal = causal and q.size(2) > 1
+        causal = order == "causal" and q.size(2) > 1
         if causal and k.size(2) != q.size(2):
             raise ValueError("a cached decoder step must add one position at a time after the first")
+        if order == "anticausal":
+            mask = self.order_mask(q, k) if mask is None else mask & self.order_mask(q, k)
         p = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:  # the CPU flash kernel is ~8x slower at these lengths
-            with sdpa_kernel(SDPBackend.MATH):
-                heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        if self.score == "additive":
+            weights = F.dropout(self.masked(self.scores(q, k), mask, causal).softmax(-1), p, self.training)
+            heads = weights @ v
         else:
-            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        B, H, Tq, dk = heads.shape
-        return self.w_o(heads.transpose(1, 2).reshape(B, Tq, H * dk))  # Concat(head_1..head_H) W^O: (B, Tq, D)
+            q, k, scale = {"scaled_dot": (q, k, None), "dot": (q, k, 1.0), "squared": (q * q, k * k, None),
+                           "reversed": (q, k.flip(-1), None)}[self.score]
+            backend = SDPBackend.MATH if q.device.type == "cpu" and q.dtype == torch.bfloat16 else None
+            with sdpa_kernel(backend) if backend else contextlib.nullcontext():  # CPU flash: ~8x slower here
+                heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
+                                                       scale=scale)
+        B, H, Tq, dv = heads.shape
+        return self.w_o(heads.transpose(1, 2).reshape(B, Tq, H * dv))  # Concat(head_1..head_H) W^O: (B, Tq, D)
 
-    def attention_weights(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """softmax(Q K^T / sqrt(dk)) of each head, (B, H, Tq, Tk): the weights `forward` averages V with."""
-        q, k = self.split_heads(self.w_q(x)), self.split_heads(self.w_k(kv))  # V is not needed for weights
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    def scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """The compatibility of each query with each key, (B, H, Tq, Tk), before masks and softmax."""
+        if self.score == "additive":  # (B, H, Tq, 1, dk) + (B, H, 1, Tk, dk) -> (B, H, Tq, Tk)
+            return torch.einsum("bhqkd,hd->bhqk", (q[:, :, :, None] + k[:, :, None]).tanh(), self.v_a)
+        if self.score == "squared":
+            q, k = q * q, k * k
+        elif self.score == "reversed":
+            k = k.flip(-1)
+        scores = q @ k.transpose(-2, -1)
+        return scores if self.score == "dot" else scores / math.sqrt(q.size(-1))
+
+    @staticmethod
+    def order_mask(q: Tensor, k: Tensor) -> Tensor:
+        """Anticausal: (Tq, Tk), True where key j may be seen from query i, j >= i."""
+        return torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).triu()
+
+    @staticmethod
+    def masked(scores: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         if causal:
             scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(-1)
+        return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
+
+    def attention_weights(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, order: str = "none") -> Tensor:
+        """The softmax of each head, (B, H, Tq, Tk): the weights `forward` averages V with."""
+        q, k = self.split_heads(self.w_q(x)), self.split_heads(self.w_k(kv))  # V is not needed for weights
+        if order == "anticausal":
+            mask = self.order_mask(q, k) if mask is None else mask & self.order_mask(q, k)
+        return self.masked(self.scores(q, k), mask, order == "causal").softmax(-1)
 
 
 class Dropout(nn.Module):
@@ -201,12 +240,17 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
+def attention(config: ModelConfig) -> MultiHeadAttention:
+    return MultiHeadAttention(config.d_model, config.n_heads, config.attention_dropout, config.d_k,
+                              config.attention_score)
+
+
 class EncoderLayer(nn.Module):
     """Sec. 3.1: multi-head self-attention, then the position-wise FFN, each in a residual block."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, config.attention_dropout)
+        self.self_attn = attention(config)
         self.ffn = FeedForward(config.d_model, config.d_ff, config.relu_dropout)
         self.res_attn, self.res_ffn = Residual(config), Residual(config)
 
@@ -220,14 +264,16 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, config.attention_dropout)
-        self.cross_attn = MultiHeadAttention(config.d_model, config.n_heads, config.attention_dropout)
+        self.self_attn, self.cross_attn = attention(config), attention(config)
+        self.order = config.decoder_mask
         self.ffn = FeedForward(config.d_model, config.d_ff, config.relu_dropout)
         self.res_self, self.res_cross, self.res_ffn = Residual(config), Residual(config), Residual(config)
 
-    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, cache: LayerCache | None = None) -> Tensor:
+    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, cache: LayerCache | None = None,
+                tgt_mask: Tensor | None = None) -> Tensor:
+        """tgt_mask (B, 1, T, T), True = may attend: padding, for the masks that let a position see later ones."""
         self_cache, cross_cache = (cache.self_attn, cache.cross_attn) if cache is not None else (None, None)
-        y = self.res_self(y, lambda h: self.self_attn(h, h, causal=True, cache=self_cache))  # (B, T, D)
+        y = self.res_self(y, lambda h: self.self_attn(h, h, tgt_mask, order=self.order, cache=self_cache))  # (B, T, D)
         y = self.res_cross(y, lambda h: self.cross_attn(h, memory, src_mask, cache=cross_cache))
         return self.res_ffn(y, self.ffn)
 
@@ -243,7 +289,12 @@ class Transformer(nn.Module):
         self.embedding = nn.Embedding(vocab_size, D, padding_idx=pad_id)
         self.src_embedding = (self.embedding if config.share_embeddings
                               else nn.Embedding(vocab_size, D, padding_idx=pad_id))
-        self.register_buffer("pe", sinusoids(config.max_positions, D), persistent=False)  # (P, D)
+        if config.positional == "learned":  # Table 3 row E: a learned row per position (Gehring et al., 2017)
+            self.pe = nn.Parameter(torch.empty(config.max_positions, D))  # (P, D)
+        else:  # Sec. 3.5's sinusoids, or zeros: no position information at all
+            table = sinusoids(config.max_positions, D) if config.positional == "sinusoid" else torch.zeros(
+                config.max_positions, D)
+            self.register_buffer("pe", table, persistent=False)  # (P, D)
         self.dropout = Dropout(config.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
@@ -254,7 +305,7 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
-            if p.dim() > 1 and "embedding" not in name:
+            if p.dim() > 1 and "embedding" not in name and name != "pe":
                 nn.init.xavier_uniform_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -262,6 +313,8 @@ class Transformer(nn.Module):
             nn.init.normal_(emb.weight, mean=0.0, std=self.config.d_model**-0.5)
             with torch.no_grad():
                 emb.weight[self.pad_id].zero_()
+        if isinstance(self.pe, nn.Parameter):
+            nn.init.normal_(self.pe, mean=0.0, std=self.config.d_model**-0.5)
 
     def embed(self, tokens: Tensor, embedding: nn.Embedding, offset: int = 0) -> Tensor:
         """Sec. 3.4-3.5: Dropout(Embedding(x) * sqrt(D) + PE). tokens (B, L) -> (B, L, D)."""
@@ -287,8 +340,18 @@ class Transformer(nn.Module):
         """tgt_in (B, T) -> logits (B, T, V). With a cache, tgt_in holds only the new positions."""
         offset = cache.length if cache is not None else 0
         y, mask = self.embed(tgt_in, self.embedding, offset), self.attention_mask(src_pad)
+        # A causal mask already hides the padding at the end of a target; the others do not. Each
+        # position keeps itself, so a padding position under an anticausal mask attends to something.
+        tgt_mask = None
+        if self.config.decoder_mask != "causal":
+            T = tgt_in.size(1)
+            tgt_mask = self.attention_mask(tgt_in == self.pad_id) | torch.eye(T, dtype=torch.bool,
+                                                                               device=tgt_in.device)  # (B, 1, T, T)
+        if cache is not None and self.config.decoder_mask != "causal":
+            raise ValueError(f"model.decoder_mask={self.config.decoder_mask} lets a position see later ones, which "
+                             f"a cache of earlier keys cannot follow; decode without the cache")
         for i, layer in enumerate(self.decoder):
-            y = layer(y, memory, mask, cache[i] if cache is not None else None)
+            y = layer(y, memory, mask, cache[i] if cache is not None else None, tgt_mask)
         if cache is not None:
             cache.length += tgt_in.size(1)
         return F.linear(self.decoder_norm(y), self.embedding.weight)  # (B, T, V)

@@ -62,12 +62,13 @@ class _Stepper:
     def __init__(self, models: list[Transformer], src: Tensor, src_pad: Tensor, rows: Tensor, use_cache: bool):
         self.models, self.src_pad = models, src_pad.index_select(0, rows)
         self.memories = [m.encode(src, src_pad).index_select(0, rows) for m in models]  # each (N, S, D)
-        self.caches = [m.new_cache() if use_cache else None for m in models]
+        # A decoder whose positions see later ones (model.decoder_mask) recomputes the prefix every step.
+        self.caches = [m.new_cache() if use_cache and m.config.decoder_mask == "causal" else None for m in models]
 
     def __call__(self, tokens: Tensor) -> Tensor:
         """tokens (N, t) -> log-probabilities (N, V) of token t+1, in float32."""
-        new = tokens[:, -1:] if self.caches[0] is not None else tokens
-        lprobs = [F.log_softmax(m.decode(new, memory, self.src_pad, cache)[:, -1].float(), dim=-1)
+        lprobs = [F.log_softmax(m.decode(tokens if cache is None else tokens[:, -1:], memory, self.src_pad,
+                                         cache)[:, -1].float(), dim=-1)
                   for m, memory, cache in zip(self.models, self.memories, self.caches, strict=True)]
         lprobs = lprobs[0] if len(lprobs) == 1 else F.log_softmax(torch.stack(lprobs).mean(0), dim=-1)
         lprobs[:, PAD] = lprobs[:, BOS] = float("-inf")  # never generated
