@@ -7,9 +7,8 @@ from torch import nn
 
 from tests.conftest import small_model
 from transformer.metrics import bleu, scores
-from transformer.search import Sampling, beam_search, greedy, length_penalty
+from transformer.search import Sampling, beam_search, greedy, length_penalty, rerank
 from transformer.tokenizer import BOS, EOS, PAD
-from transformer.tuning import rerank
 
 
 def sources(lengths, seed=0):

@@ -7,7 +7,7 @@ starts with <s>, embeddings are scaled by sqrt(D) and shared with the pre-softma
 
 CTranslate2 normalizes beam scores by length^alpha, not GNMT's ((5 + length) / 6)^alpha, so the
 export's translator asks for every finished hypothesis with its log-probability and ranks them
-with the project's own length penalty (tuning.rerank).
+with the project's own length penalty (search.rerank).
 """
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .config import from_dict, merge, parse_overrides, to_plain
+from .config import from_dict, to_plain
 from .errors import UserError
-from .model import sinusoids
-from .search import Hypothesis
+from .model import fixed_positions
+from .search import Hypothesis, rerank
 from .tokenizer import Tokenizer
-from .translation import Translator
-from .tuning import rerank
+from .translation import Translator, decode_config
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,7 @@ def export(path: str | Path, out: str | Path, quantization: str | None = None) -
                                                         pre_norm=m.norm == "pre")
     spec.config.layer_norm_epsilon = m.layer_norm_eps
     spec.config.add_source_eos = True  # the project's sources end in </s>
-    pe = w["pe"] if m.positional == "learned" else sinusoids(m.max_positions, m.d_model).numpy() * (
-        m.positional == "sinusoid")
+    pe = w["pe"] if m.positional == "learned" else fixed_positions(m).numpy()
     src_embedding = "embedding.weight" if m.share_embeddings else "src_embedding.weight"
     for side, embedding in ((spec.encoder, src_embedding), (spec.decoder, "embedding.weight")):
         (side.embeddings[0] if isinstance(side.embeddings, list) else side.embeddings).weight = w[embedding]
@@ -81,9 +79,8 @@ def export(path: str | Path, out: str | Path, quantization: str | None = None) -
         _attention(layer.self_attention, w, p + "self_attn.", p + "res_self.norm", self_attention=True)
         _attention(layer.attention, w, p + "cross_attn.", p + "res_cross.norm", self_attention=False)
         _ffn(layer.ffn, w, p)
-    vocabulary = [tokenizer.hf.id_to_token(i) for i in range(tokenizer.vocab_size)]
-    spec.register_source_vocabulary(vocabulary)
-    spec.register_target_vocabulary(vocabulary)
+    spec.register_source_vocabulary(tokenizer.tokens())
+    spec.register_target_vocabulary(tokenizer.tokens())
     spec.validate()
     spec.optimize(quantization=quantization)
     out = Path(out)
@@ -108,12 +105,10 @@ class CT2Translator(Translator):
         if not (folder / "model.bin").is_file() or not (folder / "checkpoint.json").is_file():
             raise ExportError(f"{folder} holds no exported model; write one with: make export")
         saved = json.loads((folder / "checkpoint.json").read_text())
-        tuned, changes = saved["decode"], parse_overrides(overrides)
-        self.config = from_dict(merge(merge(saved["config"], {"decode": tuned.get("settings", {})}), changes))
+        self.config, self.tuned_on = decode_config(saved["config"], saved["decode"], overrides)
         if self.config.decode.sampling:
             raise ExportError("sampling runs in the project's decoder; drop ENGINE=ct2 to sample")
         self.tokenizer, self.step = Tokenizer.from_str((folder / "tokenizer.json").read_text()), saved["step"]
-        self.tuned_on = "" if "length_penalty" in changes.get("decode", {}) else tuned.get("split", "")
         compute = {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8_float32"}[self.config.decode.precision]
         # A thread a call, several calls at once: faster than threads sharing each call at these sizes.
         # CTranslate2 sets the OpenMP thread count it shares with torch: torch's is put back.
@@ -121,12 +116,8 @@ class CT2Translator(Translator):
         self.engine = ct2.Translator(str(folder), device=device, compute_type=compute, inter_threads=threads,
                                      intra_threads=1)
         torch.set_num_threads(threads)
-        self.vocabulary = [self.tokenizer.hf.id_to_token(i) for i in range(self.tokenizer.vocab_size)]
+        self.vocabulary = self.tokenizer.tokens()
         self.model = self.models = None  # no torch model: attention pictures and validation need one
-
-    @property
-    def max_source_tokens(self) -> int:
-        return self.config.model.max_positions - 1
 
     def translate_ids(self, src_ids: list[list[int]], beam_size: int | None = None, n_best: int | None = None,
                       use_cache: bool = True):

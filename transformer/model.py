@@ -58,6 +58,13 @@ def sinusoids(n_positions: int, d_model: int) -> Tensor:
     return pe.float()
 
 
+def fixed_positions(config: ModelConfig) -> Tensor:
+    """The position table that is not learned: Sec. 3.5's sinusoids, or zeros (no position information)."""
+    if config.positional == "sinusoid":
+        return sinusoids(config.max_positions, config.d_model)
+    return torch.zeros(config.max_positions, config.d_model)
+
+
 @dataclass
 class KVCache:
     """Keys and values one attention module has already computed during incremental decoding."""
@@ -129,27 +136,22 @@ class MultiHeadAttention(nn.Module):
             cache.k, cache.v = k, v
         return q, k, v
 
-    def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, order: str = "none",
+    def forward(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False,
                 cache: KVCache | None = None) -> Tensor:
-        """x (B, Tq, D) attends over kv (B, Tk, D); mask (B, 1, 1, Tk), True = may attend. -> (B, Tq, D)
+        """x (B, Tq, D) attends over kv (B, Tk, D); mask (B, 1, 1 or Tq, Tk), True = may attend. -> (B, Tq, D)
 
-        `order` masks positions by place: causal (each sees itself and those before, Sec. 3.2.3),
-        anticausal (itself and those after), none. With a cache, x holds only the new positions: one
-        new position may see everything before it.
+        With a cache, x holds only the new positions: one new position may see everything before it.
         """
         q, k, v = self.project(x, kv, cache)
-        causal = order == "causal" and q.size(2) > 1
+        causal = causal and q.size(2) > 1
         if causal and k.size(2) != q.size(2):
             raise ValueError("a cached decoder step must add one position at a time after the first")
-        if order == "anticausal":
-            mask = self.order_mask(q, k) if mask is None else mask & self.order_mask(q, k)
         p = self.dropout if self.training else 0.0
         if self.score == "additive":
             weights = F.dropout(self.masked(self.scores(q, k), mask, causal).softmax(-1), p, self.training)
             heads = weights @ v
         else:
-            q, k, scale = {"scaled_dot": (q, k, None), "dot": (q, k, 1.0), "squared": (q * q, k * k, None),
-                           "reversed": (q, k.flip(-1), None)}[self.score]
+            q, k, scale = self.operands(q, k)
             backend = SDPBackend.MATH if q.device.type == "cpu" and q.dtype == torch.bfloat16 else None
             with sdpa_kernel(backend) if backend else contextlib.nullcontext():  # CPU flash: ~8x slower here
                 heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
@@ -157,21 +159,23 @@ class MultiHeadAttention(nn.Module):
         B, H, Tq, dv = heads.shape
         return self.w_o(heads.transpose(1, 2).reshape(B, Tq, H * dv))  # Concat(head_1..head_H) W^O: (B, Tq, D)
 
+    def operands(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
+        """The dot-product scores as (q', k', scale): scores = q' k'^T x scale; None = 1 / sqrt(dk)."""
+        if self.score == "dot":
+            return q, k, 1.0
+        if self.score == "squared":
+            return q * q, k * k, None
+        if self.score == "reversed":
+            return q, k.flip(-1), None
+        return q, k, None
+
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         """The compatibility of each query with each key, (B, H, Tq, Tk), before masks and softmax."""
         if self.score == "additive":  # (B, H, Tq, 1, dk) + (B, H, 1, Tk, dk) -> (B, H, Tq, Tk)
             return torch.einsum("bhqkd,hd->bhqk", (q[:, :, :, None] + k[:, :, None]).tanh(), self.v_a)
-        if self.score == "squared":
-            q, k = q * q, k * k
-        elif self.score == "reversed":
-            k = k.flip(-1)
+        q, k, scale = self.operands(q, k)
         scores = q @ k.transpose(-2, -1)
-        return scores if self.score == "dot" else scores / math.sqrt(q.size(-1))
-
-    @staticmethod
-    def order_mask(q: Tensor, k: Tensor) -> Tensor:
-        """Anticausal: (Tq, Tk), True where key j may be seen from query i, j >= i."""
-        return torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).triu()
+        return scores / math.sqrt(q.size(-1)) if scale is None else scores * scale
 
     @staticmethod
     def masked(scores: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
@@ -179,12 +183,10 @@ class MultiHeadAttention(nn.Module):
             scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
         return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
 
-    def attention_weights(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, order: str = "none") -> Tensor:
+    def attention_weights(self, x: Tensor, kv: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """The softmax of each head, (B, H, Tq, Tk): the weights `forward` averages V with."""
         q, k = self.split_heads(self.w_q(x)), self.split_heads(self.w_k(kv))  # V is not needed for weights
-        if order == "anticausal":
-            mask = self.order_mask(q, k) if mask is None else mask & self.order_mask(q, k)
-        return self.masked(self.scores(q, k), mask, order == "causal").softmax(-1)
+        return self.masked(self.scores(q, k), mask, causal).softmax(-1)
 
 
 class Dropout(nn.Module):
@@ -265,15 +267,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.self_attn, self.cross_attn = attention(config), attention(config)
-        self.order = config.decoder_mask
+        self.causal = config.decoder_mask == "causal"
         self.ffn = FeedForward(config.d_model, config.d_ff, config.relu_dropout)
         self.res_self, self.res_cross, self.res_ffn = Residual(config), Residual(config), Residual(config)
 
     def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, cache: LayerCache | None = None,
                 tgt_mask: Tensor | None = None) -> Tensor:
-        """tgt_mask (B, 1, T, T), True = may attend: padding, for the masks that let a position see later ones."""
+        """tgt_mask (B, 1, T, T), True = may attend: what the self-attention sees when it is not causal."""
         self_cache, cross_cache = (cache.self_attn, cache.cross_attn) if cache is not None else (None, None)
-        y = self.res_self(y, lambda h: self.self_attn(h, h, tgt_mask, order=self.order, cache=self_cache))  # (B, T, D)
+        y = self.res_self(y, lambda h: self.self_attn(h, h, tgt_mask, causal=self.causal, cache=self_cache))
         y = self.res_cross(y, lambda h: self.cross_attn(h, memory, src_mask, cache=cross_cache))
         return self.res_ffn(y, self.ffn)
 
@@ -291,10 +293,8 @@ class Transformer(nn.Module):
                               else nn.Embedding(vocab_size, D, padding_idx=pad_id))
         if config.positional == "learned":  # Table 3 row E: a learned row per position (Gehring et al., 2017)
             self.pe = nn.Parameter(torch.empty(config.max_positions, D))  # (P, D)
-        else:  # Sec. 3.5's sinusoids, or zeros: no position information at all
-            table = sinusoids(config.max_positions, D) if config.positional == "sinusoid" else torch.zeros(
-                config.max_positions, D)
-            self.register_buffer("pe", table, persistent=False)  # (P, D)
+        else:
+            self.register_buffer("pe", fixed_positions(config), persistent=False)  # (P, D)
         self.dropout = Dropout(config.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
@@ -329,6 +329,17 @@ class Transformer(nn.Module):
         """The one place masks change meaning: src_pad (B, S), True = padding -> (B, 1, 1, S), True = attend."""
         return ~src_pad[:, None, None, :]
 
+    def decoder_mask(self, tgt_in: Tensor) -> Tensor:
+        """What-if masks of the decoder's self-attention, (B, 1, T, T), True = may attend: anticausal
+        (each position sees itself and those after), none (all). The causal mask of Sec. 3.2.3 hides the
+        padding at the end of a target by itself; these mask it, and every position keeps itself, so
+        a padding position under the anticausal mask still attends to something."""
+        T = tgt_in.size(1)
+        allowed = self.attention_mask(tgt_in == self.pad_id)  # (B, 1, 1, T)
+        if self.config.decoder_mask == "anticausal":
+            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=tgt_in.device).triu()
+        return allowed | torch.eye(T, dtype=torch.bool, device=tgt_in.device)
+
     def encode(self, src: Tensor, src_pad: Tensor) -> Tensor:
         """src (B, S) token ids, src_pad (B, S) -> memory (B, S, D)."""
         x, mask = self.embed(src, self.src_embedding), self.attention_mask(src_pad)
@@ -340,14 +351,8 @@ class Transformer(nn.Module):
         """tgt_in (B, T) -> logits (B, T, V). With a cache, tgt_in holds only the new positions."""
         offset = cache.length if cache is not None else 0
         y, mask = self.embed(tgt_in, self.embedding, offset), self.attention_mask(src_pad)
-        # A causal mask already hides the padding at the end of a target; the others do not. Each
-        # position keeps itself, so a padding position under an anticausal mask attends to something.
-        tgt_mask = None
-        if self.config.decoder_mask != "causal":
-            T = tgt_in.size(1)
-            tgt_mask = self.attention_mask(tgt_in == self.pad_id) | torch.eye(T, dtype=torch.bool,
-                                                                               device=tgt_in.device)  # (B, 1, T, T)
-        if cache is not None and self.config.decoder_mask != "causal":
+        tgt_mask = None if self.config.decoder_mask == "causal" else self.decoder_mask(tgt_in)
+        if cache is not None and tgt_mask is not None:
             raise ValueError(f"model.decoder_mask={self.config.decoder_mask} lets a position see later ones, which "
                              f"a cache of earlier keys cannot follow; decode without the cache")
         for i, layer in enumerate(self.decoder):

@@ -17,7 +17,7 @@ renormalized: each step's distribution is their normalized geometric mean.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,12 @@ class Hypothesis:
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT: lp(Y) = ((5 + |Y|) / 6)^alpha."""
     return ((5 + length) / 6) ** alpha
+
+
+def rerank(hyps: list[Hypothesis], alpha: float) -> list[Hypothesis]:
+    """Ended hypotheses ranked by log P(Y | X) / lp(Y) with length penalty `alpha`, best first."""
+    ranked = [replace(h, normalized=h.score / length_penalty(len(h.tokens) + 1, alpha)) for h in hyps]  # + </s>
+    return sorted(ranked, key=lambda h: h.normalized, reverse=True)
 
 
 Models = Transformer | Sequence[Transformer]  # one model, or an ensemble
@@ -115,15 +121,18 @@ class Sampling:
 
 @torch.no_grad()
 def greedy(model: Models, src: Tensor, src_pad: Tensor, max_extra_len: int = 50, use_cache: bool = True,
-           sampling: Sampling | None = None) -> list[Hypothesis]:
-    """Pick the most probable token at each step, or draw it (`sampling`). src (B, S) -> one hypothesis per
-    sentence; its score is the model's log-probability, whatever the sampling settings."""
-    models, B = as_list(model), src.size(0)
-    limit = max_output_lengths(src_pad, max_extra_len, models)  # (B,)
-    step = _Stepper(models, src, src_pad, torch.arange(B, device=src.device), use_cache)
+           sampling: Sampling | None = None, samples: int = 1) -> list[Hypothesis]:
+    """Pick the most probable token at each step, or draw it (`sampling`). src (S0, S) -> `samples`
+    hypotheses per sentence, sentence by sentence; a score is the model's log-probability, whatever
+    the sampling settings. The encoder runs once per sentence."""
+    models = as_list(model)
+    rows = torch.arange(src.size(0), device=src.device).repeat_interleave(samples)  # (B,): sentence of each row
+    B = len(rows)
+    limit = max_output_lengths(src_pad, max_extra_len, models)[rows]  # (B,)
+    step = _Stepper(models, src, src_pad, rows, use_cache)
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
     scores = torch.zeros(B, device=src.device)
-    active = torch.arange(B, device=src.device)  # sentences still decoding
+    active = torch.arange(B, device=src.device)  # rows still decoding
     results: list[Hypothesis | None] = [None] * B
     for t in range(1, int(limit.max()) + 2):  # t = tokens generated after this step, </s> included
         lprobs = step(tokens)  # (n, V)
@@ -138,8 +147,8 @@ def greedy(model: Models, src: Tensor, src_pad: Tensor, max_extra_len: int = 50,
         tokens = torch.cat([tokens, choice[:, None]], dim=1)
         done = choice == EOS
         for row in done.nonzero().flatten().tolist():
-            sentence = int(active[row])
-            results[sentence] = Hypothesis(tokens[row, 1:-1].tolist(), float(scores[sentence]), float(scores[sentence]))
+            r = int(active[row])
+            results[r] = Hypothesis(tokens[row, 1:-1].tolist(), float(scores[r]), float(scores[r]))
         if done.all():
             break
         keep = (~done).nonzero().flatten()
@@ -183,7 +192,7 @@ def beam_search(model: Models, src: Tensor, src_pad: Tensor, beam_size: int = 4,
             if len(finished[sentence]) < K:
                 prefix = tokens[i * K + int(beam[i, j]), 1:].tolist()
                 score = float(top_scores[i, j])
-                finished[sentence].append(Hypothesis(prefix, score, score / length_penalty(t, alpha)))
+                finished[sentence].append(Hypothesis(prefix, score, score))  # ranked with alpha at the end
         # The K best candidates that do not end go on.
         go_on = token != EOS
         keep = go_on & (go_on.cumsum(dim=1) <= K)  # (n, 2K), exactly K per row
@@ -195,8 +204,4 @@ def beam_search(model: Models, src: Tensor, src_pad: Tensor, beam_size: int = 4,
         tokens = torch.cat([tokens[origin], token[alive].flatten()[:, None]], dim=1)
         scores, active = new_scores[alive], active[alive]
         step.select(origin)
-    results = []
-    for hyps in finished:
-        hyps.sort(key=lambda h: h.normalized, reverse=True)
-        results.append(hyps[:n_best])
-    return results
+    return [rerank(hyps, alpha)[:n_best] for hyps in finished]

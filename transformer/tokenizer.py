@@ -52,6 +52,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
+    def tokens(self) -> list[str]:
+        """The vocabulary's symbols, in id order."""
+        return [self.hf.id_to_token(i) for i in range(self.vocab_size)]
+
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
 

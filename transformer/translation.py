@@ -42,12 +42,12 @@ class Translator:
 
         Several paths make an ensemble; the first one's decode settings are used."""
         paths = [path] if isinstance(path, (str, Path)) else list(path)
-        changes = parse_overrides(overrides)
-        fixed = sorted(set(changes) - {"decode"})
-        if fixed:
-            raise ConfigError(f"only decode.* settings can change after training; {', '.join(fixed)} "
-                              f"settings are fixed by the checkpoint")
-        states = [checkpoint.load(p) for p in paths]
+        return cls.from_states([checkpoint.load(p) for p in paths], paths, device, overrides)
+
+    @classmethod
+    def from_states(cls, states: list[dict], paths: list, device: str | None = None,
+                    overrides: list[str] = ()) -> Translator:
+        """As from_checkpoint, for checkpoints already loaded (`paths` name them in errors)."""
         for p, state in zip(paths, states, strict=True):
             if "tokenizer" not in state or "config" not in state:
                 raise checkpoint.CheckpointError(f"{p} lacks its config or tokenizer; it cannot translate alone")
@@ -55,21 +55,18 @@ class Translator:
                 raise checkpoint.CheckpointError(f"{p} and {paths[0]} have different vocabularies; an ensemble needs "
                                                  f"checkpoints trained on the same data with the same tokenizer")
         first, tokenizer = states[0], Tokenizer.from_str(states[0]["tokenizer"])
-        tuned = first.get("decode", {})
-        config = from_dict(merge(merge(first["config"], {"decode": tuned.get("settings", {})}), changes))
+        config, tuned_on = decode_config(first["config"], first.get("decode", {}), overrides)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         models = []
         for state in states:
             model = Transformer(from_dict(state["config"]).model, tokenizer.vocab_size)
             model.load_state_dict(state["model"])
             models.append(at_precision(model.to(device), config.decode.precision))
-        overridden = "length_penalty" in changes.get("decode", {})
-        return cls(models, tokenizer, config, first.get("state", {}).get("step", 0),
-                   "" if overridden else tuned.get("split", ""))
+        return cls(models, tokenizer, config, first.get("state", {}).get("step", 0), tuned_on)
 
     @property
     def max_source_tokens(self) -> int:
-        return self.model.pe.size(0) - 1  # room for </s>
+        return self.config.model.max_positions - 1  # room for </s>
 
     def encode(self, sentences: list[str]) -> list[list[int]]:
         """Subword ids per sentence, truncated (with a warning) where the model cannot take them."""
@@ -106,9 +103,7 @@ class Translator:
             indices = [todo[r] for r in batch_rows]
             batch = collate([src_ids[i] for i in indices]).to(self.device)
             if sampling:  # n_best samples of each sentence, most probable first
-                rows = torch.arange(len(indices), device=self.device).repeat_interleave(n_best)
-                drawn = greedy(self.models, batch.src[rows], batch.src_pad[rows], cfg.max_extra_len, use_cache,
-                               sampling)
+                drawn = greedy(self.models, batch.src, batch.src_pad, cfg.max_extra_len, use_cache, sampling, n_best)
                 hyps = [sorted(drawn[k * n_best : (k + 1) * n_best], key=lambda h: h.score, reverse=True)
                         for k in range(len(indices))]
             elif beam <= 1:
@@ -143,6 +138,18 @@ class Translator:
             for line in self.output_lines(lines[start : start + chunk], start):
                 out.write(line + "\n")
             out.flush()
+
+
+def decode_config(saved: dict, tuned: dict, overrides: list[str]) -> tuple[Config, str]:
+    """A checkpoint's config with its tuned decode settings (`state["decode"]`, tuning.py), then the
+    `decode.*` overrides; and the split the length penalty was chosen on, unless overridden."""
+    changes = parse_overrides(overrides)
+    fixed = sorted(set(changes) - {"decode"})
+    if fixed:
+        raise ConfigError(f"only decode.* settings can change after training; {', '.join(fixed)} "
+                          f"settings are fixed by the checkpoint")
+    config = from_dict(merge(merge(saved, {"decode": tuned.get("settings", {})}), changes))
+    return config, "" if "length_penalty" in changes.get("decode", {}) else tuned.get("split", "")
 
 
 def at_precision(model: Transformer, precision: str) -> Transformer:

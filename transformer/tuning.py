@@ -1,6 +1,6 @@
 """The length penalty chosen for a checkpoint on the validation split, and stored in the checkpoint.
 
-GNMT's length penalty alpha only ranks the hypotheses that have ended (search.beam_search): which
+GNMT's length penalty alpha only ranks the hypotheses that have ended (search.rerank): which
 hypotheses the beam keeps, and when a sentence is finished, do not depend on it. One beam search
 that keeps every ended hypothesis therefore gives the output of every alpha by re-ranking, so the
 sweep costs one decoding of the validation split. The choice goes into the checkpoint as
@@ -10,22 +10,15 @@ it. A test split is never used.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from . import checkpoint
 from .evaluation import test_set
 from .metrics import corpus_bleu
-from .search import Hypothesis, length_penalty
+from .search import rerank
 from .translation import Translator
 
 log = logging.getLogger(__name__)
-
-
-def rerank(hyps: list[Hypothesis], alpha: float) -> list[Hypothesis]:
-    """Ended hypotheses ranked as beam search with length penalty `alpha` ranks them, best first."""
-    ranked = [replace(h, normalized=h.score / length_penalty(len(h.tokens) + 1, alpha)) for h in hyps]  # + </s>
-    return sorted(ranked, key=lambda h: h.normalized, reverse=True)
 
 
 def sweep(translator: Translator, sources: list[str], references: list[str], alphas: tuple[float, ...]) -> list[dict]:
@@ -46,7 +39,8 @@ def tune(path: str | Path, data_path: str | None = None, device: str | None = No
     """Sweep the config's `decode.tune_length_penalties` on the validation split (with `overrides` of
     decode settings, e.g. a wider beam) and store the best, with the beam size, in the checkpoint at
     `path`. Returns what is stored, or None where there is nothing to tune."""
-    translator = Translator.from_checkpoint(path, device, overrides)
+    state = checkpoint.load(path)
+    translator = Translator.from_states([state], [path], device, overrides)
     decode, split = translator.config.decode, translator.config.data.valid_split
     if not decode.tune_length_penalties or decode.beam_size <= 1 or decode.sampling:
         log.info(f"{path}: no length penalty to tune (decode.tune_length_penalties="
@@ -57,7 +51,6 @@ def tune(path: str | Path, data_path: str | None = None, device: str | None = No
     best = max(rows, key=lambda row: row["bleu"])  # the first of equals
     settings = {"length_penalty": best["length_penalty"], "beam_size": decode.beam_size}
     tuned = {"settings": settings, "split": split, "table": rows}
-    state = checkpoint.load(path)
     state["decode"] = tuned
     checkpoint.save(state, path)
     log.info(f"{describe(tuned)}\nstored in {path}: translation uses length penalty {best['length_penalty']}")
