@@ -12,6 +12,8 @@ CKPT     ?=
 ENGINE   ?=
 SPLIT    ?=
 SENTENCE ?=
+GRID     ?= configs/ablations/what_if.yaml
+ATTENTION ?=
 OUT      ?=
 PORT     ?= 6006
 export SENTENCE
@@ -33,7 +35,7 @@ endif
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: help install test lint train translate evaluate average tune-decode export distill tensorboard summary bench bench-scale clean
+.PHONY: help install test lint train translate evaluate average tune-decode export distill tensorboard summary trace ablate bench bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,8 +55,8 @@ lint:  ## check the code with ruff (rules and line length in pyproject.toml)
 train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP under torchrun
 	$(LAUNCH) -m scripts.train --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
 
-translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one)
-	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SENTENCE),--sentence "$$SENTENCE") $(ARGS)
+translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one); ATTENTION=a.png
+	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SENTENCE),--sentence "$$SENTENCE") $(if $(ATTENTION),--attention $(ATTENTION)) $(ARGS)
 
 evaluate:  ## BLEU and chrF of RUN on SPLIT (default: the run's test split); ARGS="decode.beam_size=5" decodes otherwise
 	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SPLIT),--split $(SPLIT)) $(if $(DATA),--data $(DATA)) $(ARGS)
@@ -76,6 +78,12 @@ tensorboard:  ## serve the TensorBoard logs under runs/
 
 summary:  ## parameters, FLOPs per token and the paper ledger of CONFIG
 	$(PYTHON) -m scripts.summary --config $(CONFIG) $(ARGS)
+
+trace:  ## SENTENCE="..." through RUN's model (or an untrained CONFIG): every stage's paper name and shape
+	@$(PYTHON) -m scripts.trace --run-dir $(RUN) --config $(CONFIG) $(if $(CKPT),--ckpt $(CKPT)) --sentence "$$SENTENCE" $(ARGS)
+
+ablate:  ## train and score every variant of GRID= (configs/ablations/*.yaml) into runs/<grid>; resumes
+	$(PYTHON) -m scripts.ablate --grid $(GRID)
 
 bench:  ## training and decoding speed, data preparation time (under 10 minutes)
 	$(PYTHON) -m scripts.benchmark $(ARGS)

@@ -7,6 +7,7 @@
     python -m scripts.translate --sentence "..." decode.n_best=4 decode.scores=true       # candidates, scores
     python -m scripts.translate --input in.de decode.sampling=true decode.top_p=0.9        # sampled
     python -m scripts.translate --ckpt a.pt b.pt --input in.de                            # an ensemble
+    python -m scripts.translate --sentence "..." --attention attention.png   # and its cross-attention
 """
 import argparse
 import contextlib
@@ -28,18 +29,37 @@ def interactive(translator: Translator) -> None:
         print(*(f"{tgt}: {out}" for out in translator.output_lines([line])), sep="\n")
 
 
+def draw_attention(translator: Translator, sentence: str, path: str) -> None:
+    """The best translation's cross-attention in each layer of the (first) model: target tokens down the
+    side, source tokens along the bottom."""
+    from transformer.pictures import attention_pictures
+
+    src = translator.encode([sentence.strip()])[0]
+    best = translator.translate_ids([src])[0]
+    figure = attention_pictures(translator.model, translator.tokenizer, src, best[0].tokens if best else [],
+                                heads=True, kinds=("cross",))["cross"]
+    figure.savefig(path, dpi=120)
+    print(f"cross-attention: {path}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sentence", help="translate this sentence and exit")
     parser.add_argument("--input", help="file to translate (default: standard input)")
     parser.add_argument("--output", help="file to write (default: standard output)")
+    parser.add_argument("--attention", help="with --sentence: draw the translation's cross-attention into this "
+                                            "picture (.png, .svg, .pdf), a row per layer, heads side by side")
     add_translator_arguments(parser)
     args = parser.parse_args(argv)
     if args.sentence is not None and not args.sentence.strip():
         parser.error("--sentence is empty: give the text to translate, e.g. --sentence \"Ein Hund läuft.\"")
+    if args.attention and (args.sentence is None or args.engine != "torch"):
+        parser.error("--attention draws the translation of --sentence by the project's model (not ENGINE=ct2)")
     _, translator = load_translator(args)
     if args.sentence is not None:
         print(*translator.output_lines([args.sentence]), sep="\n")
+        if args.attention:
+            draw_attention(translator, args.sentence, args.attention)
     elif args.input is None and sys.stdin.isatty():
         interactive(translator)
     else:

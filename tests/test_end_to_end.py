@@ -40,9 +40,7 @@ def test_training_writes_checkpoints_and_tensorboard_and_learns(trained):
     events.Reload()
     tags = events.Tags()
     assert set(TRAIN_TAGS + VALID_TAGS) <= set(tags["scalars"])
-    assert any(t.startswith("attention/cross/") for t in tags["images"])
-    assert any(t.startswith("attention/encoder_self/") for t in tags["images"])
-    assert any(t.startswith("attention/decoder_self/") for t in tags["images"])
+    assert {"attention/cross", "attention/encoder_self", "attention/decoder_self"} <= set(tags["images"])
     assert any("valid/samples" in t for t in tags["tensors"])
     losses = [e.value for e in events.Scalars("train/loss")]
     assert losses[-1] < losses[0] - 0.5
@@ -220,3 +218,70 @@ def test_distill_writes_an_aligned_corpus_and_resumes_exactly(trained, small_cor
     refused = make("distill", f"RUN={run}", f"DATA={small_corpus}", f"OUT={small_corpus}", env=env, check=False)
     assert refused.returncode != 0 and b"would be overwritten" in refused.stderr and b"Traceback" not in refused.stderr
     assert {p.name: p.read_bytes() for p in small_corpus.iterdir()} == before
+
+
+def test_trace_shows_every_stage_of_the_real_model(trained, multi30k, tmp_path):
+    run, env = trained
+    sentence = "Ein Mann fährt Fahrrad."
+    lines = make("trace", f"RUN={run}", f"SENTENCE={sentence}", env=env).stdout.decode().splitlines()
+    config = checkpoint.load(run / "checkpoints" / "best.pt")["config"]["model"]
+    softmaxes = [line for line in lines if line.strip().startswith("softmax")]
+    assert len(softmaxes) == config["encoder_layers"] + 2 * config["decoder_layers"]
+    assert any("(B, H, T, S)" in line for line in softmaxes)  # the decoder's queries over the source
+    assert "(B, T, V)" in next(line for line in lines if line.startswith("logits"))
+    greedy = make("translate", f"RUN={run}", f"SENTENCE={sentence}", "ARGS=decode.beam_size=1", env=env)
+    chosen = lines[-1].split(")")[-1].split()  # the argmax tokens: the greedy translation again
+    assert chosen[-1] == "</s>" and greedy.stdout.decode().split()[0] in chosen[0]
+    untrained = make("trace", f"RUN={tmp_path / 'none'}", "CONFIG=configs/tiny.yaml", f"SENTENCE={sentence}",
+                     f"ARGS=data.path={multi30k} model.d_k=8", env=env).stdout.decode()
+    assert "untrained" in untrained and "dk=8" in untrained
+
+
+def test_the_attention_picture_has_the_tokens_on_its_axes(trained, tmp_path):
+    from transformer.pictures import attention_pictures
+    from transformer.translation import Translator
+
+    run, env = trained
+    picture = tmp_path / "attention.png"
+    make("translate", f"RUN={run}", "SENTENCE=Ein Mann fährt Fahrrad.", f"ATTENTION={picture}", env=env)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    translator = Translator.from_checkpoint(run / "checkpoints" / "best.pt", "cpu")
+    src, tgt = translator.encode(["Ein Mann fährt Fahrrad."])[0], translator.encode(["A man rides a bike."])[0]
+    figure = attention_pictures(translator.model, translator.tokenizer, src, tgt, heads=True, kinds=("cross",))["cross"]
+    config = translator.config.model
+    assert len(figure.axes) == config.decoder_layers * (1 + config.n_heads)
+    first = figure.axes[0]
+    assert [t.get_text() for t in first.get_xticklabels()] == translator.tokenizer.pieces(src + [2])
+    assert [t.get_text() for t in first.get_yticklabels()] == translator.tokenizer.pieces(tgt + [2])
+    assert "Mann" in [t.get_text() for t in first.get_xticklabels()]  # words, not byte symbols
+
+
+def test_ablate_trains_scores_and_skips_what_is_finished(small_corpus, tmp_path):
+    grid = tmp_path / "lab.yaml"
+    text = (f"base: configs/tiny.yaml\nsteps: 10\noverrides: {{data.path: {small_corpus}, "
+            f"decode.tune_length_penalties: [0.6, 1.0], decode.max_extra_len: 5}}\nseeds: [1, 2]\n"
+            f"variants:\n  anticausal: {{model.decoder_mask: anticausal}}\n")
+    grid.write_text(text)
+    env = {**os.environ, "TRANSFORMER_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    first = script("scripts.ablate", "--grid", str(grid), "--out", str(out), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stderr.count("new run") == 3
+    rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["base", "base_seed2", "anticausal"]
+    assert "over 2 seeds" in (out / "results.md").read_text() and (out / "results.png").is_file()
+    result = json.loads((out / "anticausal" / "result.json").read_text())
+    assert result["changes"] == {"model.decoder_mask": "anticausal"} and len(result["valid_loss_curve"]) == 10
+    grid.write_text(text + "  learned: {model.positional: learned}\n")  # a grown grid trains only what is new
+    second = script("scripts.ablate", "--grid", str(grid), "--out", str(out), env=env)
+    assert second.returncode == 0 and second.stderr.count("new run") == 1
+    assert json.loads((out / "anticausal" / "result.json").read_text()) == result
+    twin = tmp_path / "twin.yaml"  # another grid with the same base reuses the finished base
+    variant = "anticausal: {model.decoder_mask: anticausal}"
+    twin.write_text(text.replace("seeds: [1, 2]", "seeds: [1]").replace(variant, "dot: {model.attention_score: dot}"))
+    third = script("scripts.ablate", "--grid", str(twin), "--out", str(tmp_path / "twin"), env=env)
+    assert third.returncode == 0 and third.stderr.count("new run") == 1 and "reused: base" in \
+        (tmp_path / "twin" / "results.md").read_text()
+    grid.write_text(text + "  typo: {model.attention_scor: dot}\n")
+    bad = script("scripts.ablate", "--grid", str(grid), "--out", str(out), env=env)
+    assert bad.returncode == 2 and "variant typo" in bad.stderr and "model.attention_scor" in bad.stderr

@@ -31,7 +31,7 @@ deviation. `make summary` prints it; the README links here.
 and transformer/tuning.py does so for each checkpoint, from `decode.tune_length_penalties`.
 What-if variants, each defaulting to the paper: `model.attention_score` (dot, additive, squared,
 reversed), `model.decoder_mask` (anticausal, none), `model.positional` (learned, Table 3 row E;
-none) and `model.d_k` (Table 3 row B).
+none) and `model.d_k` (Table 3 row B); docs/lab.md trains and scores each.
 """
 from __future__ import annotations
 

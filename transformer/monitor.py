@@ -1,7 +1,7 @@
 """What a training run shows (rank 0 only): TensorBoard, `train_log.jsonl`, and progress.
 
     tb/                train/{loss,ppl,lr,grad_norm,tokens_per_sec,memory_gib}, valid/{loss,ppl,bleu,best_bleu},
-                       validation samples as text, attention heatmaps per layer, hyperparameters
+                       validation samples as text, attention pictures with their tokens, hyperparameters
     train_log.jsonl    the same numbers, one JSON object a line
     hyps/              each validation's greedy translations
 
@@ -18,14 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
-from .batching import collate
 from .config import Config, to_plain
 from .runtime import resident_gib
 
 if TYPE_CHECKING:
-    from .data import ParallelText
+    from .data import Prepared
     from .model import Transformer
     from .training import StepResult, TrainState, Validation
 
@@ -97,10 +94,10 @@ class Monitor:
                      f"lr {last.lr:.2e} | grad {last.grad_norm:.2f} | {tokens_per_sec:,.0f} tok/s | "
                      f"{memory:.2f} GiB | {state.seconds / 60:.1f} min")
 
-    def validation(self, state: TrainState, result: Validation, model: Transformer, valid: ParallelText,
+    def validation(self, state: TrainState, result: Validation, model: Transformer, data: Prepared,
                    seconds: float) -> None:
-        """Scores, samples, hypotheses and attention heatmaps of one validation."""
-        step = state.step
+        """Scores, samples, hypotheses and attention pictures of one validation."""
+        step, valid = state.step, data.valid
         self.writer.add_scalar("valid/loss", result.loss, step)
         self.writer.add_scalar("valid/ppl", result.ppl, step)
         row = {"step": step, "minutes": round(state.seconds / 60, 3), "valid_loss": result.loss,
@@ -118,18 +115,17 @@ class Monitor:
             hyp_dir = self.run_dir / "hyps"
             hyp_dir.mkdir(parents=True, exist_ok=True)
             (hyp_dir / f"valid_step_{step:07d}.txt").write_text("".join(h + "\n" for h in result.hyps))
-        self._attention(model, valid, step)
+        self._attention(model, data, step)
         self.writer.flush()
         self._append(row)
         log.info(f"{message} [{seconds:.1f}s]")
 
-    def _attention(self, model: Transformer, valid: ParallelText, step: int) -> None:
-        """Heatmaps (mean over heads) of each layer's attention for the first validation sentence."""
-        batch = collate(valid.src[:1], valid.tgt[:1]).to(next(model.parameters()).device)
-        for kind, layers in model.attention_maps(batch.src, batch.src_pad, batch.tgt_in).items():
-            for i, weights in enumerate(layers):
-                self.writer.add_image(f"attention/{kind}/layer_{i + 1}", heatmap(weights[0].mean(0)), step,
-                                      dataformats="HWC")
+    def _attention(self, model: Transformer, data: Prepared, step: int) -> None:
+        """Every layer's attention (heads averaged) over the first validation pair, tokens on the axes."""
+        from .pictures import attention_pictures
+
+        for kind, figure in attention_pictures(model, data.tokenizer, data.valid.src[0], data.valid.tgt[0]).items():
+            self.writer.add_figure(f"attention/{kind}", figure, step)  # closes the figure
 
     def _append(self, row: dict) -> None:
         with open(self.run_dir / "train_log.jsonl", "a") as f:
@@ -140,15 +136,3 @@ class Monitor:
             self.bar.close()
         self.writer.close()
 
-
-def heatmap(weights: torch.Tensor, cell: int = 12):
-    """(Tq, Tk) weights in [0, 1] -> an RGB image (uint8, HWC), dark blue (0) to yellow (1)."""
-    anchors = torch.tensor([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]],
-                           dtype=torch.float32)  # plasma colormap stops
-    weights = weights.detach().float().cpu()  # the colormap lives on the CPU, the model may not
-    x = (weights.clamp(0, 1) / weights.max().clamp(min=1e-9)) * (len(anchors) - 1)
-    low = x.floor().long().clamp(max=len(anchors) - 2)
-    frac = (x - low)[..., None]
-    rgb = anchors[low] * (1 - frac) + anchors[low + 1] * frac  # (Tq, Tk, 3)
-    rgb = rgb.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-    return rgb.round().to(torch.uint8).numpy()

@@ -56,6 +56,16 @@ class Tokenizer:
         """The vocabulary's symbols, in id order."""
         return [self.hf.id_to_token(i) for i in range(self.vocab_size)]
 
+    def pieces(self, ids) -> list[str]:
+        """Each id as the text it stands for, for labels: a piece that goes on a word starts with "·";
+        special tokens by name."""
+        out, previous = [], PAD
+        for i in map(int, ids):
+            text = SPECIALS[i] if i <= UNK else self.hf.decode([i])
+            out.append("·" + text if i > UNK and previous > UNK and text[:1].isalnum() else text)
+            previous = i
+        return [text.strip() for text in out]
+
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
 

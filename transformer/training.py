@@ -181,7 +181,7 @@ def loop(ctx: Context, state: TrainState) -> None:
                         save_checkpoint(ctx, state, name="best.pt")
                     if cfg.early_stopping and state.stale_validations >= cfg.early_stopping and reason is None:
                         reason = f"early stopping: no better validation BLEU in {cfg.early_stopping} validations"
-                monitor.validation(state, valid, ctx.model, ctx.data.valid, time.perf_counter() - tic)
+                monitor.validation(state, valid, ctx.model, ctx.data, time.perf_counter() - tic)
             save_due = (state.step % cfg.save_every == 0
                         or time.perf_counter() - last_save >= cfg.save_every_minutes * 60)
             if rt.is_main and (reason or save_due):
