@@ -10,10 +10,10 @@ number of steps and scored the same way, in one table and one picture.
 A grid file (configs/ablations/*.yaml):
 
     base: configs/multi30k.yaml          the config every variant starts from
-    steps: 1500                          the budget: optimizer steps of every variant
+    steps: 600                           the budget: optimizer steps of every variant
     overrides: {model.d_model: 128}      the lab's base model: applied to every variant
     seeds: [1, 2, 3]                     the base variant is trained once with each
-    variants: {no_scale: {model.attention_score: dot}, ...}
+    variants: {dot: {model.attention_score: dot}, ...}
 
 Every variant validates (loss only) ten times; when it ends, its length penalty is chosen on val (as
 training always does) and it is scored with beam search on the validation and test splits.
@@ -72,14 +72,25 @@ def load_grid(path: str | Path) -> Grid:
     if not path.is_file():
         choices = ", ".join(sorted(str(p) for p in Path("configs/ablations").glob("*.yaml")))
         raise ConfigError(f"grid file {path} not found" + (f"; available: {choices}" if choices else ""))
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"grid file {path} is not valid YAML: {error}") from None
     known = {"base", "steps", "overrides", "seeds", "variants"}
-    if not isinstance(values, dict) or set(values) - known or not values.get("variants"):
-        raise ConfigError(f"{path}: a grid has the keys {', '.join(sorted(known))}, variants required "
-                          f"(name: {{model.attention_score: dot}}); see transformer/ablation.py")
+    form = (f"{path}: a grid has the keys {', '.join(sorted(known))}: steps a positive integer, seeds a list of "
+            f"integers, overrides and variants mappings (name: {{model.attention_score: dot}}); see "
+            f"transformer/ablation.py")
+    if not isinstance(values, dict) or set(values) - known or not isinstance(values.get("variants"), dict):
+        raise ConfigError(form)
+    try:
+        steps, seeds = int(values.get("steps", 1000)), tuple(int(s) for s in values.get("seeds") or (1,))
+    except (TypeError, ValueError):
+        raise ConfigError(form) from None
+    if steps < 1 or not isinstance(values.get("overrides") or {}, dict):
+        raise ConfigError(form)
     variants = {str(k): v or {} for k, v in values["variants"].items()}
-    grid = Grid(str(path), path.stem, str(values.get("base", "configs/multi30k.yaml")), int(values.get("steps", 1000)),
-                values.get("overrides") or {}, tuple(values.get("seeds") or (1,)), variants)
+    grid = Grid(str(path), path.stem, str(values.get("base", "configs/multi30k.yaml")), steps,
+                values.get("overrides") or {}, seeds, variants)
     for name, changes in grid.runs().items():
         if not re.fullmatch(r"[\w.-]+", name) or not isinstance(changes, dict):
             raise ConfigError(f"{path}: variant {name!r} needs a plain name (letters, digits, _ . -) and a mapping "
