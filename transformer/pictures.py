@@ -63,7 +63,7 @@ def attention_pictures(model, tokenizer, src: list[int], tgt: list[int], heads: 
 def ablation_figure(results: list[dict], title: str) -> Figure:
     """Validation and test BLEU of each variant as bars, the base seeds' test range shaded; the
     validation loss of each variant against steps."""
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 0.9 + 0.32 * len(results)), width_ratios=(1, 1.2))
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, max(3.5, 1.2 + 0.32 * len(results))), width_ratios=(1, 1.2))
     names = [r["variant"] for r in results][::-1]
     y = np.arange(len(names))
     by_name = {r["variant"]: r for r in results}
@@ -73,15 +73,15 @@ def ablation_figure(results: list[dict], title: str) -> Figure:
     bars.barh(y + 0.2, [by_name[n]["valid_bleu"] for n in names], 0.4, label="val", color="#9ecae1")
     bars.barh(y - 0.2, [by_name[n]["test_bleu"] for n in names], 0.4, label="test", color="#3182bd")
     bars.set_yticks(y, names, fontsize=8)
-    bars.set_xlabel("BLEU (beam search)")
-    bars.legend(fontsize=8, loc="lower right")
+    bars.set_title("BLEU (beam search)", fontsize=10)
+    bars.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3)  # below: bars start at 0
     colors = plt.get_cmap("tab20")
     for k, r in enumerate(results):
         steps, losses = zip(*r["valid_loss_curve"], strict=True) if r["valid_loss_curve"] else ((), ())
         curves.plot(steps, losses, color=colors(k % 20), label=r["variant"], lw=1.2,
                     ls="--" if r["variant"].startswith("base") else "-")
+    curves.set_title("validation loss (label-smoothed)", fontsize=10)
     curves.set_xlabel("step")
-    curves.set_ylabel("validation loss (label-smoothed)")
     curves.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
