@@ -58,7 +58,7 @@ def trace(model: Transformer, tokenizer: Tokenizer, src: list[int], tgt: list[in
         side["L"], stack, what = next(sides)
         add(0, stack)
         add(1, what, "B L", args[0], " ".join(tokenizer.pieces(args[0][0])))
-        add(1, "Embedding(x) (Sec. 3.4)", "B L D", output)
+        add(1, "Embedding(x) x sqrt(D) (Sec. 3.4)", "B L D", output)  # scaled in Transformer.embed
 
     def attention(mha, name: str, memory: bool):
         """Q, K and V in heads, the softmax of the scores, and the heads joined by W^O."""
@@ -85,7 +85,7 @@ def trace(model: Transformer, tokenizer: Tokenizer, src: list[int], tgt: list[in
     hooks.append(model.embedding.register_forward_hook(embedding))
     if model.src_embedding is not model.embedding:
         hooks.append(model.src_embedding.register_forward_hook(embedding))
-    show(model.dropout, "x sqrt(D) + positional encoding, dropout (Sec. 3.4-3.5)", "B L D", depth=1)
+    show(model.dropout, "+ positional encoding (Sec. 3.5), then dropout", "B L D", depth=1)
     for stack, layers in (("encoder", model.encoder), ("decoder", model.decoder)):
         for i, layer in enumerate(layers):
             hooks.append(layer.register_forward_pre_hook(lambda mod, args, i=i: add(1, f"layer {i + 1}")))
