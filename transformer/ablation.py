@@ -122,13 +122,12 @@ def run_variant(grid: Grid, name: str, changes: dict, folder: Path, device: str 
     translator = Translator.from_checkpoint(path, device)
     split, sources, references = test_set(translator)
     test = evaluate(translator, split, sources, references, folder, [path])
-    if tuned is None:  # nothing to choose (greedy, or no penalties given): val is scored as test is
-        tuned = {"settings": {"length_penalty": translator.config.decode.length_penalty},
-                 "table": [{"length_penalty": translator.config.decode.length_penalty, "bleu": round(evaluate(
-                     translator, *test_set(translator, translator.config.data.valid_split), folder, [path]
-                 )["bleu"]["score"], 2)}]}
+    if tuned is not None:  # the chosen length penalty's row of the sweep is val scored as test is
+        chosen = next(r for r in tuned["table"] if r["length_penalty"] == tuned["settings"]["length_penalty"])
+    else:  # nothing to choose (greedy, or no penalties given)
+        valid = evaluate(translator, *test_set(translator, translator.config.data.valid_split), folder, [path])
+        chosen = {"length_penalty": translator.config.decode.length_penalty, "bleu": round(valid["bleu"]["score"], 2)}
     rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
-    chosen = next(r for r in tuned["table"] if r["length_penalty"] == tuned["settings"]["length_penalty"])
     result = {"variant": name, "changes": changes, "parameters": sum(p.numel() for p in translator.model.parameters()),
               "train_loss": next(r["loss"] for r in reversed(rows) if "loss" in r),
               "valid_ppl": next(r["valid_ppl"] for r in reversed(rows) if "valid_ppl" in r),
