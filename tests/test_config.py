@@ -1,4 +1,6 @@
 """Typed configuration: defaults in one place, errors that name the key."""
+from pathlib import Path
+
 import pytest
 
 from transformer.config import Config, ConfigError, load_config
@@ -53,5 +55,20 @@ def test_missing_file_is_named():
 
 
 def test_every_shipped_config_loads():
-    for name in ["base", "big", "multi30k", "multi30k_en_de", "tiny"]:
+    for name in ["base", "big", "multi30k", "multi30k_en_de", "tiny", "wmt14_en_de"]:
         load_config(f"configs/{name}.yaml")
+
+
+def test_every_shipped_grid_builds_each_variant_and_changes_only_what_it_names():
+    from transformer.ablation import load_grid
+
+    grids = sorted(Path("configs/ablations").glob("*.yaml"))
+    assert {g.stem for g in grids} >= {"what_if", "table3", "depth"}
+    for path in grids:
+        grid = load_grid(path)
+        base = grid.config({}).to_dict()
+        for name, changes in grid.variants.items():
+            config = grid.config(changes).to_dict()
+            differ = {f"{section}.{key}" for section in base for key in base[section]
+                      if base[section][key] != config[section][key]}
+            assert differ == set(changes), (path, name)
