@@ -323,3 +323,36 @@ def test_sentences_round_trip_through_their_files(tmp_path):
         expected = [s for chunk in chunks for s in chunk]
         assert [read[i].tolist() for i in range(len(read))] == expected
         assert read.lengths.tolist() == [len(s) for s in expected]
+
+
+def test_the_wmt14_config_reads_the_hub_layout_of_wmt_wmt14(small_corpus, tmp_path, monkeypatch, cache_dir):
+    """configs/wmt14_en_de.yaml against a copy of the hub dataset's layout (parquet files under
+    de-en/, listed by the card's `configs`, each pair in a nested `translation` field), served as
+    if from the hub: the language pair, direction and splits come out as the config names them."""
+    import datasets
+
+    repo = tmp_path / "wmt14"
+    card = ["---", "configs:", "- config_name: de-en", "  data_files:"]
+    features = datasets.Features({"translation": datasets.Translation(languages=["de", "en"])})
+    for split, file in (("train", "train"), ("validation", "val"), ("test", "test_2016_flickr")):
+        de, en = ((small_corpus / f"{file}.{lang}").read_text().splitlines() for lang in ("de", "en"))
+        rows = {"translation": [{"de": d, "en": e} for d, e in zip(de, en, strict=True)]}
+        (repo / "de-en").mkdir(parents=True, exist_ok=True)
+        parquet = repo / "de-en" / f"{split}-00000-of-00001.parquet"
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(parquet)
+        card += [f"  - split: {split}", f"    path: de-en/{split}-*"]
+    (repo / "README.md").write_text("\n".join(card + ["---", ""]))
+    monkeypatch.setattr(data_module, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    config = load_config("configs/wmt14_en_de.yaml", [f"data.hub_id={repo}", "data.local_dirs=[]",
+                                                      "tokenizer.vocab_size=500"])
+    assert data_module.find_corpus(config.data) == str(repo)
+    valid = read_split(config.data, config.data.valid_split)
+    test = read_split(config.data, config.data.test_split)
+    assert valid.src_text == (small_corpus / "val.en").read_text().splitlines()  # en -> de: English is the source
+    assert valid.tgt_text == (small_corpus / "val.de").read_text().splitlines()
+    assert test.src_text[0] == (small_corpus / "test_2016_flickr.en").read_text().splitlines()[0]
+    prepared = prepare(config, cache_dir)
+    assert len(prepared.train) == 600 and len(prepared.valid) == 60
+    first_german = (small_corpus / "train.de").read_text().splitlines()[0]
+    assert prepared.tokenizer.decode(list(prepared.train.tgt[0])) == first_german
