@@ -29,19 +29,6 @@ def interactive(translator: Translator) -> None:
         print(*(f"{tgt}: {out}" for out in translator.output_lines([line])), sep="\n")
 
 
-def draw_attention(translator: Translator, sentence: str, path: str) -> None:
-    """The best translation's cross-attention in each layer of the (first) model: target tokens down the
-    side, source tokens along the bottom."""
-    from transformer.pictures import attention_pictures
-
-    src = translator.encode([sentence.strip()])[0]
-    best = translator.translate_ids([src])[0]
-    figure = attention_pictures(translator.model, translator.tokenizer, src, best[0].tokens if best else [],
-                                heads=True, kinds=("cross",))["cross"]
-    figure.savefig(path, dpi=120)
-    print(f"cross-attention: {path}", file=sys.stderr)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sentence", help="translate this sentence and exit")
@@ -59,7 +46,10 @@ def main(argv=None) -> int:
     if args.sentence is not None:
         print(*translator.output_lines([args.sentence]), sep="\n")
         if args.attention:
-            draw_attention(translator, args.sentence, args.attention)
+            from transformer.pictures import translation_attention  # matplotlib: only when drawing
+
+            translation_attention(translator, args.sentence).savefig(args.attention, dpi=120)
+            print(f"cross-attention: {args.attention}", file=sys.stderr)
     elif args.input is None and sys.stdin.isatty():
         interactive(translator)
     else:

@@ -60,6 +60,15 @@ def attention_pictures(model, tokenizer, src: list[int], tgt: list[int], heads: 
     return figures
 
 
+def translation_attention(translator, sentence: str) -> Figure:
+    """The cross-attention of the (first) model's best translation of `sentence`, heads averaged
+    and each head, a row per layer: target tokens down the side, source tokens along the bottom."""
+    src = translator.encode([sentence.strip()])[0]
+    best = translator.translate_ids([src])[0]
+    tgt = best[0].tokens if best else []
+    return attention_pictures(translator.model, translator.tokenizer, src, tgt, heads=True, kinds=("cross",))["cross"]
+
+
 def ablation_figure(results: list[dict], title: str) -> Figure:
     """Validation and test BLEU of each variant as bars, the base seeds' test range shaded; the
     validation loss of each variant against steps."""
