@@ -9,7 +9,7 @@ with the vocabulary of its prepared data.
 import argparse
 
 from scripts.cli import run
-from transformer.trace import describe, trace
+from transformer.trace import describe, model_to_trace, trace
 
 
 def main(argv=None) -> int:
@@ -22,36 +22,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.sentence.strip():
         parser.error('--sentence is empty: give the text to trace, e.g. SENTENCE="Ein Mann fährt Fahrrad."')
-    translator = _translator(args)
+    translator, what = model_to_trace(args.run_dir, args.ckpt, args.config, args.overrides)
+    print(f"model: {what}")
     src = translator.encode([args.sentence.strip()])[0]
     tgt = translator.translate_ids([src], beam_size=1)[0][0].tokens
     print(describe(*trace(translator.model, translator.tokenizer, src, tgt)))
     return 0
-
-
-def _translator(args):
-    import torch
-
-    from transformer.checkpoint import CheckpointError, find_for_inference
-    from transformer.translation import Translator
-
-    try:
-        path = find_for_inference(args.run_dir, args.ckpt)
-    except CheckpointError:  # no checkpoint in the run: the config's model, untrained
-        path = None
-    if path is not None:
-        print(f"model: {path}")
-        return Translator.from_checkpoint(path, "cpu")
-
-    from transformer.config import load_config
-    from transformer.data import prepare
-    from transformer.model import Transformer
-
-    config = load_config(args.config, args.overrides)
-    tokenizer = prepare(config).tokenizer
-    torch.manual_seed(config.train.seed)
-    print(f"model: untrained, {args.config} (no checkpoint in {args.run_dir})")
-    return Translator(Transformer(config.model, tokenizer.vocab_size), tokenizer, config)
 
 
 if __name__ == "__main__":

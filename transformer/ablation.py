@@ -54,10 +54,14 @@ class Grid:
     seeds: tuple[int, ...]
     variants: dict  # name -> {dotted key: value}
 
+    @property
+    def base_runs(self) -> dict[str, dict]:
+        """The base variant once per seed: base, base_seed2, ..."""
+        return {"base" if i == 0 else f"base_seed{seed}": {"train.seed": seed} for i, seed in enumerate(self.seeds)}
+
     def runs(self) -> dict[str, dict]:
         """Every run of the grid, in order: the base variant once per seed, then the variants."""
-        runs = {"base" if i == 0 else f"base_seed{seed}": {"train.seed": seed} for i, seed in enumerate(self.seeds)}
-        return runs | self.variants
+        return self.base_runs | self.variants
 
     def config(self, changes: dict) -> Config:
         every = max(1, self.steps // CURVE_POINTS)
@@ -118,8 +122,11 @@ def run_variant(grid: Grid, name: str, changes: dict, folder: Path, device: str 
     if state.step < config.train.max_steps:
         raise Stopped(name)
     path = checkpoint.step_checkpoints(folder / "checkpoints")[-1]
-    tuned = checkpoint.load(path).get("decode") or tune(path, device=device)  # a stop can fall between the two
-    translator = Translator.from_checkpoint(path, device)
+    saved = checkpoint.load(path)
+    if "decode" not in saved and tune(path, device=device) is not None:  # a stop can fall between the two
+        saved = checkpoint.load(path)
+    tuned = saved.get("decode")
+    translator = Translator.from_states([saved], [path], device)
     split, sources, references = test_set(translator)
     test = evaluate(translator, split, sources, references, folder, [path])
     if tuned is not None:  # the chosen length penalty's row of the sweep is val scored as test is
@@ -168,7 +175,7 @@ def run_grid(grid: Grid, out: Path, device: str | None = None) -> list[dict]:
 
 def seed_spread(grid: Grid, results: list[dict]) -> str:
     """The base variant's BLEU over its seeds: how far chance alone moves a score."""
-    base = [r for r in results if r["variant"] == "base" or r["variant"].startswith("base_seed")]
+    base = [r for r in results if r["variant"] in grid.base_runs]
     if len(base) < 2:
         return ""
     parts = []
@@ -205,4 +212,5 @@ def write_report(grid: Grid, results: list[dict], out: Path) -> None:
     lines += ["", f"![{grid.name}](results.png)", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(lines))
-    ablation_figure(results, f"{grid.name}: {grid.steps} steps a variant").savefig(out / "results.png", dpi=110)
+    figure = ablation_figure(results, f"{grid.name}: {grid.steps} steps a variant", set(grid.base_runs))
+    figure.savefig(out / "results.png", dpi=110)

@@ -69,16 +69,16 @@ def translation_attention(translator, sentence: str) -> Figure:
     return attention_pictures(translator.model, translator.tokenizer, src, tgt, heads=True, kinds=("cross",))["cross"]
 
 
-def ablation_figure(results: list[dict], title: str) -> Figure:
-    """Validation and test BLEU of each variant as bars, the base seeds' test range shaded; the
-    validation loss of each variant against steps."""
+def ablation_figure(results: list[dict], title: str, base: set[str]) -> Figure:
+    """Validation and test BLEU of each variant as bars, the test range of the `base` runs (the base
+    variant's seeds) shaded; the validation loss of each variant against steps, the base's dashed."""
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, max(3.5, 1.2 + 0.32 * len(results))), width_ratios=(1, 1.2))
     names = [r["variant"] for r in results][::-1]
     y = np.arange(len(names))
     by_name = {r["variant"]: r for r in results}
-    base = [r["test_bleu"] for r in results if r["variant"] == "base" or r["variant"].startswith("base_seed")]
-    if len(base) > 1:
-        bars.axvspan(min(base), max(base), color="0.85", label="base, test: range over seeds")
+    seeds = [r["test_bleu"] for r in results if r["variant"] in base]
+    if len(seeds) > 1:
+        bars.axvspan(min(seeds), max(seeds), color="0.85", label="base, test: range over seeds")
     bars.barh(y + 0.2, [by_name[n]["valid_bleu"] for n in names], 0.4, label="val", color="#9ecae1")
     bars.barh(y - 0.2, [by_name[n]["test_bleu"] for n in names], 0.4, label="test", color="#3182bd")
     bars.set_yticks(y, names, fontsize=8)
@@ -88,7 +88,7 @@ def ablation_figure(results: list[dict], title: str) -> Figure:
     for k, r in enumerate(results):
         steps, losses = zip(*r["valid_loss_curve"], strict=True) if r["valid_loss_curve"] else ((), ())
         curves.plot(steps, losses, color=colors(k % 20), label=r["variant"], lw=1.2,
-                    ls="--" if r["variant"].startswith("base") else "-")
+                    ls="--" if r["variant"] in base else "-")
     curves.set_title("validation loss (label-smoothed)", fontsize=10)
     curves.set_xlabel("step")
     curves.legend(fontsize=7, ncol=2)

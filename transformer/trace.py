@@ -12,8 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from .batching import collate
+from .checkpoint import CheckpointError, find_for_inference
+from .config import load_config
 from .model import Transformer
 from .tokenizer import Tokenizer
+from .translation import Translator
 
 
 @dataclass
@@ -124,3 +127,19 @@ def describe(stages: list[Stage], sizes: dict) -> str:
         shape = f"({', '.join(s.letters.split())})"
         lines.append(f"{label:<72} {shape:<14} {str(s.shape):<16} {s.tokens}".rstrip())
     return "\n".join(lines)
+
+
+def model_to_trace(run_dir: str, ckpt: str | None, config: str, overrides: list[str]) -> tuple[Translator, str]:
+    """(translator, what it is): the run's checkpoint, or with none there an untrained model of
+    `config` (seeded by it) with the vocabulary of its prepared data."""
+    try:
+        path = find_for_inference(run_dir, ckpt)
+    except CheckpointError:  # no checkpoint in the run: the config's model, untrained
+        from .data import prepare
+
+        cfg = load_config(config, overrides)
+        tokenizer = prepare(cfg).tokenizer
+        torch.manual_seed(cfg.train.seed)
+        model = Transformer(cfg.model, tokenizer.vocab_size)
+        return Translator(model, tokenizer, cfg), f"untrained, {config} (no checkpoint in {run_dir})"
+    return Translator.from_checkpoint(path, "cpu"), str(path)
