@@ -8,7 +8,8 @@ about half the words of WMT14 en-de). Reported, as JSON plus a table: preparatio
 resident memory from scratch; seconds from `make train` to its first step from the cache; resident
 memory of each training process at step 100 on Multi30k and on the corpus, with one process and
 with NPROC=2, as RSS and as PSS (pages shared by processes split between them: a memory-mapped corpus
-and the libraries count once per machine); batching time per epoch.
+and the libraries count once per machine), in all and by kind (the prepared data's mapped files, other
+files, private memory); batching time per epoch.
 """
 import argparse
 import json
@@ -63,10 +64,20 @@ def batching(config, env: dict) -> float:
     return round(time.perf_counter() - tic, 1)
 
 
-def memory(pid: int) -> dict:
-    """RSS and PSS of a process, in GiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
-    return {key.lower(): round(int(fields[key].split()[0]) / 2**20, 3) for key in ("Rss", "Pss")}
+def memory(pid: int, data: Path) -> dict:
+    """RSS and PSS of a process in GiB, in all and of its three kinds of pages: the prepared data mapped
+    from files under `data`, other files (the libraries), and private memory (heap, stacks)."""
+    kb, kind = {f"{kind}_{key}": 0 for kind in ("data", "files", "private") for key in ("rss", "pss")}, None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        field, _, value = line.partition(":")
+        if " " in field:  # a mapping's first line: address range, permissions, offset, device, inode[, path]
+            path = line.split(maxsplit=5)[5:]
+            kind = "private" if not path or not path[0].startswith("/") else \
+                "data" if path[0].startswith(f"{data}/") else "files"
+        elif field in ("Rss", "Pss"):
+            kb[f"{kind}_{field.lower()}"] += int(value.split()[0])
+    kb |= {key: sum(kb[f"{kind}_{key}"] for kind in ("data", "files", "private")) for key in ("rss", "pss")}
+    return {key: round(n / 2**20, 3) for key, n in kb.items()}
 
 
 def ranks() -> list[int]:
@@ -82,7 +93,7 @@ def ranks() -> list[int]:
     return sorted(found)
 
 
-def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path, env: dict) -> dict:
+def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path, env: dict, data: Path) -> dict:
     """`make train` to step 100: seconds to its first step, and each process's memory at step 100."""
     max_tokens = load_config(config).train.max_tokens // (nproc if split else 1)
     args = (f"train.max_tokens={max_tokens} train.max_steps=100 train.log_every=1 train.valid_every=1000 "
@@ -98,11 +109,11 @@ def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path,
             if "step 1 |" in line and "first_step_s" not in result:
                 result["first_step_s"] = round(time.perf_counter() - tic, 1)
             if "step 100 |" in line:
-                result["processes"] = [memory(pid) for pid in ranks()]
+                result["processes"] = [memory(pid, data) for pid in ranks()]
     if process.returncode or "processes" not in result:
         raise RuntimeError(f"{' '.join(command)} failed:\n{''.join(lines[-40:])}")
-    result["rss_gib"] = round(sum(p["rss"] for p in result["processes"]), 3)
-    result["pss_gib"] = round(sum(p["pss"] for p in result["processes"]), 3)
+    for key in result["processes"][0]:
+        result[f"{key}_gib"] = round(sum(p[key] for p in result["processes"]), 3)
     return result
 
 
@@ -125,7 +136,8 @@ def main(argv=None) -> int:
         for name, (nproc, split) in RUNS.items():
             data = corpus if name.startswith("corpus") else multi30k
             print(f"training to step 100: {name}", file=sys.stderr)
-            report[name] = train_100(args.config, data, nproc, split, Path(scratch) / f"run-{name}", env)
+            report[name] = train_100(args.config, data, nproc, split, Path(scratch) / f"run-{name}", env,
+                                    Path(scratch))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(table(report) + f"\n\n(full report: {args.json})")
@@ -145,11 +157,19 @@ def table(r: dict) -> str:
         t = r[name]
         lines.append(f"  {name:<19} {len(t['processes']):>7}  {t['first_step_s']:>8} s   {t['rss_gib']:>5.2f} "
                      f"{each(t, 'rss'):<19}  {t['pss_gib']:>5.2f} {each(t, 'pss')}")
+    lines += ["", "by kind, all processes  data RSS / PSS    files RSS / PSS    private RSS / PSS"]
+    for name in RUNS:
+        t = r[name]
+        lines.append(f"  {name:<21}" + "".join(f"  {t[kind + '_rss_gib']:>5.2f} / {t[kind + '_pss_gib']:<5.2f}     "
+                                               for kind in ("data", "files", "private")))
     one, added = r["corpus"], r["corpus"]["rss_gib"] - r["multi30k"]["rss_gib"]
-    ratio = lambda t: f"{t['rss_gib'] / one['rss_gib']:.2f}x one (RSS), {t['pss_gib'] / one['pss_gib']:.2f}x (PSS)"
+    ratio = lambda t, kind="": (f"{t[kind + 'rss_gib'] / one[kind + 'rss_gib']:.2f}x one (RSS), "
+                                f"{t[kind + 'pss_gib'] / one[kind + 'pss_gib']:.2f}x (PSS)")
     lines += ["", f"the corpus adds {added:+.2f} GiB RSS to a process; two processes on it hold "
                   f"{ratio(r['corpus_nproc2'])};",
-              f"two sharing one process's step (train.max_tokens / 2 each) hold {ratio(r['corpus_nproc2_split'])}"]
+              f"two sharing one process's step (train.max_tokens / 2 each) hold {ratio(r['corpus_nproc2_split'])}:",
+              f"  of the prepared data's pages {ratio(r['corpus_nproc2_split'], 'data_')}, of private memory "
+              f"{ratio(r['corpus_nproc2_split'], 'private_')}"]
     return "\n".join(lines)
 
 
