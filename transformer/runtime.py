@@ -199,7 +199,8 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
         malloc = preloaded_malloc() or ("glibc, keeps freed memory" if keep_freed_memory() else "")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # On GPUs, NCCL carries CUDA tensors (DDP's gradients) and Gloo the CPU ones (loss sums, stop flag)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
     dtype, reason = choose_precision(cfg.precision, dev)
     return Runtime(dev, dtype, reason, rank, world_size, local_rank, malloc)

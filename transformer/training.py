@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import gc
 import logging
 import math
@@ -310,12 +311,22 @@ def _build(config: Config, run_dir: Path, rt: runtime.Runtime) -> tuple[Context,
 
 
 def _prepare(config: Config, rt: runtime.Runtime) -> Prepared:
-    """The first process of each machine prepares (and caches) the data; the others then map the cache."""
-    if rt.distributed and rt.local_rank != 0:
-        dist.barrier()
-    prepared = prepare(config)
-    if rt.distributed and rt.local_rank == 0:
-        dist.barrier()
+    """The first process of each machine prepares (and caches) the data; the others then map the cache.
+
+    They wait in a group of their own: NCCL's collectives give up after 10 minutes, and downloading
+    and preparing WMT14 can take longer.
+    """
+    if not rt.distributed:
+        return prepare(config)
+    waiting = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=12))
+    if rt.local_rank != 0:
+        dist.barrier(group=waiting)
+    try:
+        prepared = prepare(config)
+    finally:  # a failed preparation too: the others then meet its error, not a lost peer
+        if rt.local_rank == 0:
+            dist.barrier(group=waiting)
+    dist.destroy_process_group(waiting)
     return prepared
 
 
