@@ -52,8 +52,12 @@ test:  ## run the test suite (CPU, a few minutes)
 lint:  ## check the code with ruff (rules and line length in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
+TRAINING = --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+# NPROC=2 and more: one process first checks the config and the run folder and prepares the data, so a
+# mistake is one line, not a torchrun failure report, and every rank finds the data ready.
 train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP under torchrun
-	$(LAUNCH) -m scripts.train --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(if $(filter 1,$(NPROC)),,$(PYTHON) -m scripts.train --prepare-only $(TRAINING) && )$(LAUNCH) -m scripts.train $(TRAINING)
 
 translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one); ATTENTION=a.png
 	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SENTENCE),--sentence "$$SENTENCE") $(if $(ATTENTION),--attention $(ATTENTION)) $(ARGS)

@@ -85,6 +85,14 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(small_corpus, tm
     assert out.returncode == 1 and "Traceback" in out.stderr and "ValueError: a planted bug" in out.stderr
 
 
+def test_a_user_error_with_nproc_2_is_one_line_before_torchrun_starts(tmp_path):
+    out = make("train", "NPROC=2", "CONFIG=configs/tiny.yaml", f"RUN={tmp_path / 'run'}", f"DATA={tmp_path / 'none'}",
+               check=False)
+    errors = [line for line in out.stderr.decode().splitlines() if not line.startswith("make:")]
+    assert out.returncode != 0 and errors == [f"error: data folder {tmp_path / 'none'} does not exist; point DATA= "
+                                              "(data.path) at a folder with train.de[.gz] and train.en[.gz]"]
+
+
 def test_translate_stream_keeps_every_line(trained):
     run, env = trained
     lines = b"Ein Hund.\n\n   \n\xff\xfe\xfa kaputt\n\xf0\x9f\x90\x95 \xe4\xb8\x80\n" + b"Wort " * 2000 + b"\nEnde.\n"

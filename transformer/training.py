@@ -310,6 +310,14 @@ def _build(config: Config, run_dir: Path, rt: runtime.Runtime) -> tuple[Context,
     return ctx, _resume_or_start(ctx)
 
 
+def prepare_run(config: Config, run_dir: str | Path) -> None:
+    """What every rank of a distributed run needs first, done once in one process: the config read,
+    the run folder free, the data prepared. `make train NPROC=...` runs it before torchrun starts the
+    ranks, so a mistake ends in one line and the ranks find the data ready."""
+    with runtime.lock_run(Path(run_dir)):
+        prepare(config)
+
+
 def _prepare(config: Config, rt: runtime.Runtime) -> Prepared:
     """The first process of each machine prepares (and caches) the data; the others then map the cache.
 
