@@ -252,37 +252,55 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_cor
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
 
 
-def _prepare_as_rank(rank: int, store: str, results) -> None:
-    """One of two data-parallel processes whose collectives give up after 2 s, while rank 0 prepares for 5."""
+def _as_rank(rank: int, store: str, work, results) -> None:
+    """Rank `rank` of two data-parallel processes whose collectives give up after 2 s: report work(rank)."""
     import datetime
 
     import torch.distributed as dist
 
-    from transformer import training
-
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=2))
-    training.prepare = lambda config: time.sleep(5 if rank == 0 else 0) or f"prepared by {rank}"
     try:
-        results.put((rank, training._prepare(None, runtime.Runtime(torch.device("cpu"), None, "", rank, 2, rank))))
+        results.put((rank, work(rank)))
     except Exception as error:  # noqa: BLE001 - reported to the test
         results.put((rank, repr(error)))
     dist.destroy_process_group()
 
 
-def test_ranks_wait_for_the_data_longer_than_collectives_may_take(tmp_path):
-    # NCCL's collectives give up after 10 minutes; downloading and preparing WMT14 can take longer
+def as_two_ranks(work, store) -> dict:
+    """{rank: what work(rank) returned, or its error} from two ranks meeting through the file `store`."""
     import multiprocessing
 
     fork = multiprocessing.get_context("fork")
     results = fork.Queue()
-    ranks = [fork.Process(target=_prepare_as_rank, args=(r, str(tmp_path / "store"), results)) for r in (0, 1)]
+    ranks = [fork.Process(target=_as_rank, args=(r, str(store), work, results)) for r in (0, 1)]
     for rank in ranks:
         rank.start()
     got = dict(results.get(timeout=60) for _ in ranks)
     for rank in ranks:
         rank.join(timeout=30)
-    assert got == {0: "prepared by 0", 1: "prepared by 1"}
+    return got
+
+
+def test_ranks_wait_for_the_data_longer_than_collectives_may_take(tmp_path):
+    # NCCL's collectives give up after 10 minutes; downloading and preparing WMT14 can take longer
+    from transformer import training
+
+    def work(rank):
+        training.prepare = lambda config: time.sleep(5 if rank == 0 else 0) or f"prepared by {rank}"
+        return training._prepare(None, runtime.Runtime(torch.device("cpu"), None, "", rank, 2, rank))
+
+    assert as_two_ranks(work, tmp_path / "store") == {0: "prepared by 0", 1: "prepared by 1"}
+
+
+def test_ranks_that_find_different_checkpoints_refuse_to_train(tmp_path):
+    from transformer.training import _same_step_on_every_rank
+
+    same = as_two_ranks(lambda rank: _same_step_on_every_rank(40, tmp_path), tmp_path / "store-same")
+    assert same == {0: None, 1: None}
+    apart = as_two_ranks(lambda rank: _same_step_on_every_rank(40 if rank == 0 else 0, tmp_path),
+                         tmp_path / "store-apart")
+    assert all("different checkpoints" in error and "(steps 0 to 40)" in error for error in apart.values())
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_checkpoint(small_corpus, tmp_path, monkeypatch, caplog):

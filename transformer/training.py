@@ -307,7 +307,10 @@ def _build(config: Config, run_dir: Path, rt: runtime.Runtime) -> tuple[Context,
     optimizer = make_optimizer(model, config.train)
     scaler = torch.amp.GradScaler("cuda") if rt.autocast_dtype == torch.float16 else None
     ctx = Context(config, rt, data, model, model, optimizer, scaler, run_dir)
-    return ctx, _resume_or_start(ctx)
+    state = _resume_or_start(ctx)
+    if rt.distributed:
+        _same_step_on_every_rank(state.step, run_dir)
+    return ctx, state
 
 
 def prepare_run(config: Config, run_dir: str | Path) -> None:
@@ -376,6 +379,15 @@ def _resume_or_start(ctx: Context) -> TrainState:
         log.info(f"resuming {run_dir} from {path.name}: step {state.step}, epoch {state.epoch}, "
                  f"{state.seconds / 60:.1f} min trained")
     return state
+
+
+def _same_step_on_every_rank(step: int, run_dir: Path) -> None:
+    """Ranks that resumed from different checkpoints would take different steps and stall each other."""
+    steps = torch.tensor([step, -step])
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    if steps[0] != -steps[1]:
+        raise TrainingError(f"the ranks find different checkpoints in {run_dir} (steps {-steps[1]} to {steps[0]}); "
+                            f"every machine of a run must see the same run folder (a shared filesystem)")
 
 
 def _stop_reason(cfg: TrainConfig, state: TrainState, stop: runtime.StopRequest, bad_steps: int) -> str | None:
