@@ -64,16 +64,16 @@ def batching(config, env: dict) -> float:
     return round(time.perf_counter() - tic, 1)
 
 
-def memory(pid: int, data: Path) -> dict:
+def memory(pid: int, cache: Path) -> dict:
     """RSS and PSS of a process in GiB, in all and of its three kinds of pages: the prepared data mapped
-    from files under `data`, other files (the libraries), and private memory (heap, stacks)."""
+    from files under `cache`, other files (the libraries), and private memory (heap, stacks)."""
     kb, kind = {f"{kind}_{key}": 0 for kind in ("data", "files", "private") for key in ("rss", "pss")}, None
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         field, _, value = line.partition(":")
         if " " in field:  # a mapping's first line: address range, permissions, offset, device, inode[, path]
             path = line.split(maxsplit=5)[5:]
             kind = "private" if not path or not path[0].startswith("/") else \
-                "data" if path[0].startswith(f"{data}/") else "files"
+                "data" if path[0].startswith(f"{cache}/") else "files"
         elif field in ("Rss", "Pss"):
             kb[f"{kind}_{field.lower()}"] += int(value.split()[0])
     kb |= {key: sum(kb[f"{kind}_{key}"] for kind in ("data", "files", "private")) for key in ("rss", "pss")}
@@ -93,7 +93,7 @@ def ranks() -> list[int]:
     return sorted(found)
 
 
-def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path, env: dict, data: Path) -> dict:
+def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path, env: dict, cache: Path) -> dict:
     """`make train` to step 100: seconds to its first step, and each process's memory at step 100."""
     max_tokens = load_config(config).train.max_tokens // (nproc if split else 1)
     args = (f"train.max_tokens={max_tokens} train.max_steps=100 train.log_every=1 train.valid_every=1000 "
@@ -109,7 +109,7 @@ def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path,
             if "step 1 |" in line and "first_step_s" not in result:
                 result["first_step_s"] = round(time.perf_counter() - tic, 1)
             if "step 100 |" in line:
-                result["processes"] = [memory(pid, data) for pid in ranks()]
+                result["processes"] = [memory(pid, cache) for pid in ranks()]
     if process.returncode or "processes" not in result:
         raise RuntimeError(f"{' '.join(command)} failed:\n{''.join(lines[-40:])}")
     for key in result["processes"][0]:

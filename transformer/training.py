@@ -384,9 +384,10 @@ def _resume_or_start(ctx: Context) -> TrainState:
 def _same_step_on_every_rank(step: int, run_dir: Path) -> None:
     """Ranks that resumed from different checkpoints would take different steps and stall each other."""
     steps = torch.tensor([step, -step])
-    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-    if steps[0] != -steps[1]:
-        raise TrainingError(f"the ranks find different checkpoints in {run_dir} (steps {-steps[1]} to {steps[0]}); "
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)  # (latest, -earliest) over the ranks
+    latest, earliest = int(steps[0]), -int(steps[1])
+    if latest != earliest:
+        raise TrainingError(f"the ranks find different checkpoints in {run_dir} (steps {earliest} to {latest}); "
                             f"every machine of a run must see the same run folder (a shared filesystem)")
 
 
