@@ -140,7 +140,9 @@ def loop(ctx: Context, state: TrainState) -> None:
     seconds_before = state.seconds
     bad_steps = 0
     # The next epoch's batches come from a thread while this epoch trains: on a large corpus the
-    # shuffle takes seconds, which the first step of an epoch then does not wait for.
+    # shuffle takes seconds, which the first step of an epoch then does not wait for. The thread starts
+    # after the epoch's first step: it holds the GIL for most of those seconds, so a step beside it
+    # is slower, and a run's first step shows that it trains.
     epoch_groups = lambda epoch: step_groups(src_lens, tgt_lens, cfg.max_tokens, cfg.seed + epoch, rt.world_size,
                                              cfg.accumulate)
     groups = epoch_groups(state.epoch)
@@ -152,7 +154,7 @@ def loop(ctx: Context, state: TrainState) -> None:
     batcher = ThreadPoolExecutor(1, thread_name_prefix="batches")
     reason = None
     while reason is None:
-        upcoming = batcher.submit(epoch_groups, state.epoch + 1)
+        epoch, upcoming = state.epoch, None
         for group in groups[state.epoch_step :]:
             tic = time.perf_counter()
             result = train_step(ctx, group, state.step + 1)
@@ -169,6 +171,7 @@ def loop(ctx: Context, state: TrainState) -> None:
             state.seconds = seconds_before + time.perf_counter() - session_start
             if monitor is not None:
                 monitor.step(state, result, time.perf_counter() - tic)
+            upcoming = upcoming or batcher.submit(epoch_groups, epoch + 1)
             reason = _stop_reason(cfg, state, ctx.stop, bad_steps)
             ends_normally = reason is not None and ctx.stop.reason is None  # Ctrl-C should not wait for BLEU
             if rt.is_main and not result.skipped and (state.step % cfg.valid_every == 0 or ends_normally):
