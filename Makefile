@@ -90,7 +90,7 @@ ablate:  ## train and score every variant of GRID= (configs/ablations/*.yaml) in
 	$(PYTHON) -m scripts.ablate --grid $(GRID)
 
 bench:  ## training and decoding speed, data preparation time (under 10 minutes)
-	$(PYTHON) -m scripts.benchmark $(ARGS)
+	$(PYTHON) -m scripts.benchmark --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 bench-scale:  ## data at the paper's scale: PAIRS= synthetic pairs (default 4.5M) prepared and trained (~30 min)
 	$(PYTHON) -m scripts.bench_scale --pairs $(or $(PAIRS),4500000) $(ARGS)

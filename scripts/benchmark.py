@@ -1,9 +1,11 @@
 """Speed and memory in one run, as ratios to this machine's own matmul peak (`make bench`).
 
-    python -m scripts.benchmark [--config configs/multi30k.yaml] [--ckpt FILE] [--steps 20] [--json FILE]
+    python -m scripts.benchmark [--config configs/multi30k.yaml] [--data DIR] [--parts data training decoding]
+                                [--ckpt FILE] [--steps 40] [--json FILE]
 
-Measures: the matmul peak (float32, bfloat16); training throughput in source + target tokens/s
-and achieved GFLOP/s for float32 and bf16 autocast, through the real training step; peak memory;
+Measures: the matmul peak (float32, bfloat16) on the training device; training throughput in
+source + target tokens/s, achieved GFLOP/s and the hours train.max_steps would take, for float32
+and bf16 autocast, through the real training step (on a GPU where there is one); peak memory;
 data preparation time (from scratch and cached) and how soon a run without any corpus fails;
 decoding sentences/s on the test split for greedy and beam 4, with and without the key/value
 cache; beam-4 sentences/s and BLEU of each way to decode on a CPU (float32, bfloat16, int8, and
@@ -35,6 +37,8 @@ from transformer.optim import make_optimizer
 from transformer.training import Context, train_step
 from transformer.translation import Translator
 
+PARTS = ["data", "training", "decoding"]
+
 
 def machine() -> dict:
     cpu = platform.processor()
@@ -54,9 +58,11 @@ def machine() -> dict:
             "cpu_bf16": runtime.cpu_has_bf16()}
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, samples: int = 9) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, samples: int = 9) -> float:
     """Median GFLOP/s of an n x n matrix product: the ceiling the model's matmuls can approach."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    n = 1024 if device.type == "cpu" else 8192
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     for _ in range(3):
         a @ b
     rates = []
@@ -65,6 +71,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, samples: int = 9) -> float:
         while time.perf_counter() - tic < 0.2:
             a @ b
             reps += 1
+        sync()
         rates.append(2 * n**3 * reps / (time.perf_counter() - tic) / 1e9)
     return statistics.median(rates)
 
@@ -89,27 +96,34 @@ def data_preparation(config) -> dict:
 
 
 def training_throughput(config, prepared, precision: str, steps: int, peak: float, warmup: int = 3) -> dict:
-    """Tokens/s and GFLOP/s (and its fraction of the matmul `peak`) of the real training step."""
+    """Tokens/s and GFLOP/s (and its fraction of the matmul `peak`) of the real training step, and the
+    hours that train.max_steps such steps take."""
     rt = runtime.setup(replace(config.train, precision=precision))
-    model = Transformer(config.model, prepared.tokenizer.vocab_size)
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    model = Transformer(config.model, prepared.tokenizer.vocab_size).to(rt.device)
     ctx = Context(config, rt, prepared, model, model, make_optimizer(model, config.train))
     src_lens, tgt_lens = prepared.train.src.lengths, prepared.train.tgt.lengths
     groups = step_groups(src_lens, tgt_lens, config.train.max_tokens, config.train.seed,
                          accumulate=config.train.accumulate)
-    tokens = flops = 0
+    tokens = 0
     for k, group in enumerate(groups[: warmup + steps]):
         if k == warmup:
             tic = time.perf_counter()
         result = train_step(ctx, group, k + 1)
-        if k >= warmup:
-            tokens += result.tokens
-            flops += sum(3 * forward_flops(config.model, prepared.tokenizer.vocab_size, int(src_lens[i]) + 1,
-                                           int(tgt_lens[i]) + 1) for batch in group for i in batch)
-    seconds = time.perf_counter() - tic
+        tokens += result.tokens if k >= warmup else 0
+    seconds = time.perf_counter() - tic  # train_step ends reading the gradient norm: the device is done
+    V = prepared.tokenizer.vocab_size
+    flops = sum(3 * forward_flops(config.model, V, int(src_lens[i]) + 1, int(tgt_lens[i]) + 1)
+                for group in groups[warmup : warmup + steps] for batch in group for i in batch)
     gflops = flops / seconds / 1e9
-    return {"precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
-            "gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak, 3),
-            "peak_rss_gib": round(peak_rss_gib(), 2)}
+    row = {"device": str(rt.device), "precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
+           "gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak, 3),
+           "hours_for_max_steps": round(config.train.max_steps * seconds / steps / 3600, 1),
+           "peak_rss_gib": round(peak_rss_gib(), 2)}
+    if rt.device.type == "cuda":
+        row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(rt.device) / 2**30, 2)
+    return row
 
 
 def peak_rss_gib() -> float:
@@ -177,27 +191,34 @@ def inference(path: str, split) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/multi30k.yaml")
+    parser.add_argument("--data", help="local corpus folder (sets data.path)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS,
+                        help="what to measure; on a GPU, training alone gives the hours of a recipe")
     parser.add_argument("--ckpt", help="checkpoint for decoding (default: runs/multi30k's best; else untrained)")
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per precision")
     parser.add_argument("--uncached", type=int, default=200, help="sentences decoded without the cache")
     parser.add_argument("--json", default="runs/bench.json")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, list(args.overrides) + ([f"data.path={args.data}"] if args.data else []))
     report = {"machine": machine(), "config": args.config}
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores", file=sys.stderr)
-    report["matmul_peak_gflops"] = {"float32": round(matmul_peak(torch.float32), 1),
-                                    "bfloat16": round(matmul_peak(torch.bfloat16), 1)}
-    report["data_preparation"] = data_preparation(config)
+    if "data" in args.parts:
+        report["data_preparation"] = data_preparation(config)
     prepared = prepare(config)
-    report["data_preparation"]["padding_fraction"] = padding(config, prepared)
-    report["training"] = [training_throughput(config, prepared, p, args.steps, report["matmul_peak_gflops"][p])
-                          for p in ("float32", "bfloat16")]
-    translator, report["decoding_checkpoint"] = decoding_translator(config, prepared, args.ckpt)
-    report["decoding"] = decoding(translator, args.uncached)
-    if not report["decoding_checkpoint"].startswith("untrained"):
-        data = translator.config.data
-        report["inference"] = inference(report["decoding_checkpoint"], read_split(data, data.test_split))
+    report["padding_fraction"] = padding(config, prepared)
+    if "training" in args.parts:
+        device = runtime.setup(config.train).device
+        report["matmul_peak_gflops"] = {"device": str(device), "float32": round(matmul_peak(torch.float32, device), 1),
+                                        "bfloat16": round(matmul_peak(torch.bfloat16, device), 1)}
+        report["training"] = [training_throughput(config, prepared, p, args.steps, report["matmul_peak_gflops"][p])
+                              for p in ("float32", "bfloat16")]
+    if "decoding" in args.parts:
+        translator, report["decoding_checkpoint"] = decoding_translator(config, prepared, args.ckpt)
+        report["decoding"] = decoding(translator, args.uncached)
+        if not report["decoding_checkpoint"].startswith("untrained"):
+            data = translator.config.data
+            report["inference"] = inference(report["decoding_checkpoint"], read_split(data, data.test_split))
     report["peak_rss_gib"] = round(peak_rss_gib(), 2)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # runs/ may not exist yet
     Path(args.json).write_text(json.dumps(report, indent=2))
@@ -212,20 +233,27 @@ def padding(config, prepared) -> float:
 
 
 def table(r: dict) -> str:
-    m, peak, data = r["machine"], r["matmul_peak_gflops"], r["data_preparation"]
-    lines = [f"machine   {m['cpu']} | {m['cores']} cores | torch {m['torch']} | threads {m['threads']}",
-             f"matmul    float32 {peak['float32']} GFLOP/s | bfloat16 {peak['bfloat16']} GFLOP/s (1024 x 1024)",
-             f"data      from scratch {data['from_scratch_s']} s | cached {data['cached_s']} s | padding "
-             f"{data['padding_fraction']:.1%} of batch tokens | no corpus: error in {data['no_corpus_error_s']} s",
-             "", "training  precision  tokens/s (src+tgt)  GFLOP/s  of peak  peak RSS"]
-    for t in r["training"]:
-        lines.append(f"          {t['precision']:<9}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}  "
-                     f"{t['fraction_of_peak']:>7.0%}  {t['peak_rss_gib']} GiB")
-    lines += ["", f"decoding  ({r['decoding_checkpoint']})",
-              "          beam  cache  sentences  sent/s  out tok/s  cache speedup"]
-    for d in r["decoding"]:
-        lines.append(f"          {d['beam']:>4}  {'yes' if d['cache'] else 'no':>5}  {d['sentences']:>9}  "
-                     f"{d['sentences_per_s']:>6}  {d['output_tokens_per_s']:>9}  {d.get('cache_speedup', '')}")
+    m = r["machine"]
+    lines = [f"machine   {m['cpu']} | {m['cores']} cores | {m['cuda'] or 'no GPU'} | torch {m['torch']} | "
+             f"threads {m['threads']}", f"data      padding {r['padding_fraction']:.1%} of batch tokens"]
+    if "data_preparation" in r:
+        data = r["data_preparation"]
+        lines[-1] += (f" | from scratch {data['from_scratch_s']} s | cached {data['cached_s']} s | no corpus: error in "
+                      f"{data['no_corpus_error_s']} s")
+    if "training" in r:
+        peak = r["matmul_peak_gflops"]
+        lines += [f"matmul    {peak['device']}: float32 {peak['float32']} | bfloat16 {peak['bfloat16']} GFLOP/s",
+                  "", "training  precision  tokens/s (src+tgt)  GFLOP/s  of peak  hours for max_steps  peak RSS"]
+        for t in r["training"]:
+            gpu = f" | GPU {t['peak_gpu_gib']} GiB" if "peak_gpu_gib" in t else ""
+            lines.append(f"          {t['precision']:<9}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}  "
+                         f"{t['fraction_of_peak']:>7.0%}  {t['hours_for_max_steps']:>19}  {t['peak_rss_gib']} GiB{gpu}")
+    if "decoding" in r:
+        lines += ["", f"decoding  ({r['decoding_checkpoint']})",
+                  "          beam  cache  sentences  sent/s  out tok/s  cache speedup"]
+        for d in r["decoding"]:
+            lines.append(f"          {d['beam']:>4}  {'yes' if d['cache'] else 'no':>5}  {d['sentences']:>9}  "
+                         f"{d['sentences_per_s']:>6}  {d['output_tokens_per_s']:>9}  {d.get('cache_speedup', '')}")
     if r.get("inference"):
         lines += ["", "inference beam 4, the test split", "          engine  precision  sent/s  speedup   BLEU"]
         for d in r["inference"]:

@@ -294,3 +294,15 @@ def test_ablate_trains_scores_and_skips_what_is_finished(small_corpus, tmp_path)
     grid.write_text(text + "  typo: {model.attention_scor: dot}\n")
     bad = script("scripts.ablate", "--grid", str(grid), "--out", str(out), env=env)
     assert bad.returncode == 2 and "variant typo" in bad.stderr and "model.attention_scor" in bad.stderr
+
+
+def test_bench_measures_the_config_and_corpus_it_is_given(small_corpus, tmp_path):
+    env = {**os.environ, "TRANSFORMER_CACHE": str(tmp_path / "cache")}
+    report = tmp_path / "bench.json"
+    result = make("bench", "CONFIG=configs/tiny.yaml", f"DATA={small_corpus}",
+                  f"ARGS=--parts training --steps 2 --json {report}", env=env)
+    bench = json.loads(report.read_text())
+    assert bench["config"] == "configs/tiny.yaml" and f"data: {small_corpus}" in result.stderr.decode()
+    assert "decoding" not in bench and "data_preparation" not in bench
+    assert [row["precision"] for row in bench["training"]] == ["float32", "bfloat16"]
+    assert all(row["tokens_per_s"] > 0 and "hours_for_max_steps" in row for row in bench["training"])
