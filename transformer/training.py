@@ -140,9 +140,8 @@ def loop(ctx: Context, state: TrainState) -> None:
     seconds_before = state.seconds
     bad_steps = 0
     # The next epoch's batches come from a thread while this epoch trains: on a large corpus the
-    # shuffle takes seconds, which the first step of an epoch then does not wait for. The thread starts
-    # after the epoch's first step: it holds the GIL for most of those seconds, so a step beside it
-    # is slower, and a run's first step shows that it trains.
+    # shuffle takes seconds, which the first step of an epoch then does not wait for. The thread
+    # starts after that first step: the shuffle holds the GIL, and the step beside it runs slower.
     epoch_groups = lambda epoch: step_groups(src_lens, tgt_lens, cfg.max_tokens, cfg.seed + epoch, rt.world_size,
                                              cfg.accumulate)
     groups = epoch_groups(state.epoch)
