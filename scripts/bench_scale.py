@@ -81,14 +81,14 @@ def memory(pid: int, cache: Path) -> dict:
 
 
 def ranks() -> list[int]:
-    """Processes training now (torchrun's workers, not torchrun)."""
+    """Python processes training now (torchrun's workers; not torchrun, make or a shell make starts)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if "scripts.train" in command and "torch.distributed.run" not in command and "make" not in command:
+        if Path(argv[0]).name.startswith("python") and "scripts.train" in argv and "torch.distributed.run" not in argv:
             found.append(int(entry.name))
     return sorted(found)
 
@@ -97,7 +97,7 @@ def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path,
     """`make train` to step 100: seconds to its first step, and each process's memory at step 100."""
     max_tokens = load_config(config).train.max_tokens // (nproc if split else 1)
     args = (f"train.max_tokens={max_tokens} train.max_steps=100 train.log_every=1 train.valid_every=1000 "
-            "train.save_every=1000 train.valid_bleu=false")
+            "train.save_every=1000 train.valid_bleu=false decode.tune_length_penalties=[]")  # memory, not BLEU
     command = ["make", "-s", "train", f"CONFIG={config}", f"RUN={run_dir}", f"DATA={corpus}", f"NPROC={nproc}",
                f"ARGS={args}"]
     tic = time.perf_counter()
