@@ -119,7 +119,8 @@ def training_throughput(config, prepared, precision: str, steps: int, peak: floa
     gflops = flops / seconds / 1e9
     row = {"device": str(rt.device), "precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
            "gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak, 3),
-           "hours_for_max_steps": round(config.train.max_steps * seconds / steps / 3600, 1),
+           "hours_for_max_steps": round(config.train.max_steps * seconds / steps / 3600, 2)
+           if config.train.max_steps else None,  # train.max_steps=0: no limit
            "peak_rss_gib": round(peak_rss_gib(), 2)}
     if rt.device.type == "cuda":
         row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(rt.device) / 2**30, 2)
@@ -246,8 +247,9 @@ def table(r: dict) -> str:
                   "", "training  precision  tokens/s (src+tgt)  GFLOP/s  of peak  hours for max_steps  peak RSS"]
         for t in r["training"]:
             gpu = f" | GPU {t['peak_gpu_gib']} GiB" if "peak_gpu_gib" in t else ""
+            hours = "no limit" if t["hours_for_max_steps"] is None else t["hours_for_max_steps"]
             lines.append(f"          {t['precision']:<9}  {t['tokens_per_s']:>18,}  {t['gflops']:>7}  "
-                         f"{t['fraction_of_peak']:>7.0%}  {t['hours_for_max_steps']:>19}  {t['peak_rss_gib']} GiB{gpu}")
+                         f"{t['fraction_of_peak']:>7.0%}  {hours:>19}  {t['peak_rss_gib']} GiB{gpu}")
     if "decoding" in r:
         lines += ["", f"decoding  ({r['decoding_checkpoint']})",
                   "          beam  cache  sentences  sent/s  out tok/s  cache speedup"]
