@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 
-from scripts.cli import run
+from scripts.cli import add_config_arguments, load_config_arguments, run
 from transformer import checkpoint, runtime
 from transformer.batching import make_batches, padding_fraction, step_groups
-from transformer.config import load_config
 from transformer.data import DataError, prepare, read_split
 from transformer.export import CT2Translator, ExportError, export
 from transformer.metrics import bleu
@@ -191,17 +190,15 @@ def inference(path: str, split) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/multi30k.yaml")
-    parser.add_argument("--data", help="local corpus folder (sets data.path)")
+    add_config_arguments(parser)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS,
                         help="what to measure; on a GPU, training alone gives the hours of a recipe")
     parser.add_argument("--ckpt", help="checkpoint for decoding (default: runs/multi30k's best; else untrained)")
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per precision")
     parser.add_argument("--uncached", type=int, default=200, help="sentences decoded without the cache")
     parser.add_argument("--json", default="runs/bench.json")
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    config = load_config(args.config, list(args.overrides) + ([f"data.path={args.data}"] if args.data else []))
+    config = load_config_arguments(args)
     report = {"machine": machine(), "config": args.config}
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores", file=sys.stderr)
     if "data" in args.parts:

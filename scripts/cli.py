@@ -1,4 +1,4 @@
-"""What every script shares: logging to stderr, the checkpoint arguments, and one entry point.
+"""What every script shares: logging to stderr, the config and checkpoint arguments, and one entry point.
 
 An error the user can fix (transformer.errors.UserError) ends in one line, `error: ...`, and exit
 status 2; any other exception is a bug and keeps its traceback.
@@ -8,6 +8,20 @@ import os
 import sys
 
 from transformer.errors import UserError
+
+
+def add_config_arguments(parser) -> None:
+    """The config a run trains: --config, --data and dotted overrides (read by `load_config_arguments`)."""
+    parser.add_argument("--config", default="configs/multi30k.yaml")
+    parser.add_argument("--data", help="local corpus folder (sets data.path)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
+
+
+def load_config_arguments(args):
+    """The Config of arguments from add_config_arguments."""
+    from transformer.config import load_config
+
+    return load_config(args.config, list(args.overrides) + ([f"data.path={args.data}"] if args.data else []))
 
 
 def add_translator_arguments(parser) -> None:

@@ -6,23 +6,19 @@
 """
 import argparse
 
-from scripts.cli import run
-from transformer.config import load_config
+from scripts.cli import add_config_arguments, load_config_arguments, run
 from transformer.training import prepare_run, train
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/multi30k.yaml")
+    add_config_arguments(parser)
     parser.add_argument("--run-dir", default="runs/multi30k", help="run folder: checkpoints, TensorBoard, logs")
-    parser.add_argument("--data", help="local corpus folder (sets data.path)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="check the config and that the run folder is free, prepare the data, and stop")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
-    config = load_config(args.config, overrides)
+    config = load_config_arguments(args)
     if args.prepare_only:
         prepare_run(config, args.run_dir)
     else:
