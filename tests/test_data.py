@@ -310,6 +310,41 @@ def test_an_interrupted_preparation_is_never_trusted(tmp_path, monkeypatch):
     assert prepare(config, cache).train.tgt[3].tolist() == expected
 
 
+def test_machines_preparing_one_shared_cache_at_once_keep_one_copy(tmp_path, monkeypatch):
+    """Each machine's first rank prepares the data: on a filesystem the machines share, two build the
+    same cache at once; one copy is kept, and both train on it."""
+    import multiprocessing
+
+    folder = write_corpus(tmp_path / "c", {"train": [("ein Hund", "a dog"), ("eine Katze", "a cat")] * 10,
+                                           "val": [("ein Hund", "a dog")]})
+    config = load_config(None, [f"data.path={folder}", "tokenizer.vocab_size=300"])
+    cache = tmp_path / "cache"
+    fork = multiprocessing.get_context("fork")
+    building, results = fork.Barrier(2), fork.Queue()
+    build = data_module._build_cache
+
+    def build_together(*args):
+        building.wait(timeout=60)  # both found no cache
+        build(*args)
+
+    def machine():
+        try:
+            prepared = prepare(config, cache)
+            results.put([prepared.train.src[i].tolist() for i in range(len(prepared.train))])
+        except Exception as error:  # noqa: BLE001 - reported to the test
+            results.put(repr(error))
+
+    monkeypatch.setattr(data_module, "_build_cache", build_together)
+    machines = [fork.Process(target=machine) for _ in range(2)]
+    for process in machines:
+        process.start()
+    first, second = (results.get(timeout=120) for _ in machines)
+    for process in machines:
+        process.join(timeout=30)
+    assert first == second and len(first) == 20
+    assert [p.name for p in cache.iterdir()] == [f"data-{data_module._fingerprint(config, folder)}"]
+
+
 def test_sentences_round_trip_through_their_files(tmp_path):
     from transformer.indexed import Sentences, SentenceWriter, id_dtype
 
