@@ -345,6 +345,32 @@ def test_machines_preparing_one_shared_cache_at_once_keep_one_copy(tmp_path, mon
     assert [p.name for p in cache.iterdir()] == [f"data-{data_module._fingerprint(config, folder)}"]
 
 
+def test_a_full_disk_names_the_cache_to_free_or_move(tmp_path, monkeypatch):
+    import errno
+
+    import datasets
+
+    folder = write_corpus(tmp_path / "c", {"train": [("ein Hund", "a dog")] * 10, "val": [("ein Hund", "a dog")]})
+    config = load_config(None, [f"data.path={folder}", "tokenizer.vocab_size=300"])
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def encode(*args):
+        raise full
+
+    monkeypatch.setattr(data_module, "_encode_train", encode)
+    with pytest.raises(DataError, match="no space left on the disk of .*cache.* TRANSFORMER_CACHE"):
+        prepare(config, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # the half-built folder is gone
+    monkeypatch.undo()
+
+    def load_dataset(*args, **kwargs):  # the Arrow copy that datasets writes of a local file
+        raise datasets.exceptions.DatasetGenerationError("An error occurred while generating the dataset") from full
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(DataError, match="no space left in the HF datasets cache .* HF_DATASETS_CACHE"):
+        prepare(config, tmp_path / "cache")
+
+
 def test_sentences_round_trip_through_their_files(tmp_path):
     from transformer.indexed import Sentences, SentenceWriter, id_dtype
 

@@ -165,6 +165,25 @@ def test_a_save_interrupted_mid_write_leaves_the_old_checkpoint_and_no_temporary
     assert checkpoint.load(path)["model"]["w"].tolist() == [1.0, 1.0]
 
 
+def test_a_full_disk_is_named_and_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import io
+
+    path = checkpoint.save({"model": {"w": torch.ones(2)}}, tmp_path / "step_0000001.pt")
+
+    class FullDisk(io.FileIO):  # room for 100 more bytes
+        def write(self, data):
+            if self.tell() + len(data) > 100:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint, "open", lambda file, mode: io.BufferedWriter(FullDisk(file, mode)), raising=False)
+    with pytest.raises(checkpoint.CheckpointError, match=f"no space left on the disk of {tmp_path} to write"):
+        checkpoint.save({"model": {"w": torch.zeros(1000)}}, path)  # torch.save itself says "unexpected pos"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert checkpoint.load(path)["model"]["w"].tolist() == [1.0, 1.0]
+
+
 def test_averaging_is_the_mean_of_the_parameters(tmp_path):
     paths = []
     for step in (1, 2, 3):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import from_dict
-from .errors import UserError
+from .errors import UserError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 
 class CheckpointError(UserError):
-    """A file that is missing, truncated, or not a checkpoint of this project."""
+    """A file that is missing, truncated, not a checkpoint of this project, or without room to be written."""
 
 
 def save(state: dict, path: str | Path) -> Path:
@@ -40,17 +40,43 @@ def write_atomically(obj, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, flush to disk, then rename: never half a file.
     The temporary name is per process, so processes writing one path at once do not race."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writes = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writes = _Writes(f)
+            torch.save(obj, writes)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+    except Exception as error:
+        if disk_full(error) or (writes is not None and disk_full(writes.error)):
+            raise CheckpointError(f"no space left on the disk of {path.parent} to write {path.name}: free some "
+                                  f"(train.keep_last keeps fewer checkpoints) and run the command again; a training "
+                                  f"resumes from its last checkpoint") from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)  # left only by an interrupted write
+        tmp.unlink(missing_ok=True)  # left only by a failed or interrupted write
     return path
+
+
+class _Writes:
+    """A file's `write` that keeps the OSError it raised: torch.save reports a failed write (a full disk)
+    as an unrelated RuntimeError ("unexpected pos ...")."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import Config, DataConfig, to_plain
-from .errors import UserError
+from .errors import UserError, disk_full
 from .indexed import Sentences, SentenceWriter, id_dtype
 from .tokenizer import Tokenizer
 
@@ -238,6 +238,9 @@ def _load(path: Path, builder: str, **options):
         table = datasets.load_dataset(builder, data_files={"file": str(path)}, split="file", encoding_errors="replace",
                                       **options)
     except datasets.exceptions.DatasetGenerationError as error:
+        if disk_full(error.__cause__):  # the Arrow copy that datasets writes into its cache
+            raise DataError(f"no space left in the HF datasets cache {datasets.config.HF_DATASETS_CACHE} to read "
+                            f"{path}: free some, or set HF_DATASETS_CACHE to a folder on a larger disk") from None
         raise DataError(f"cannot read {path}: {error.__cause__ or error}") from None
     if builder == "text":
         replaced = pc.sum(pc.match_substring(table.data.column("text"), "\ufffd")).as_py()
@@ -339,8 +342,11 @@ def prepare(config: Config, cache_dir: str | Path | None = None) -> Prepared:
             if not cache.is_dir():
                 raise
             shutil.rmtree(building)  # a run started together finished the same cache first
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(building, ignore_errors=True)
+        if disk_full(error):
+            raise DataError(f"no space left on the disk of {root} to prepare the data: free some, or set "
+                            f"TRANSFORMER_CACHE to a folder on a larger disk") from None
         raise
     prepared = load_prepared(cache)
     log.info(f"data: {len(prepared.train):,} train / {len(prepared.valid):,} valid pairs, vocabulary "

@@ -4,6 +4,7 @@ Scripts print such an error's message and exit 2; any other exception is a bug a
 traceback. Each stage raises its own subclass: ConfigError, DataError, CheckpointError,
 TrainingError, InputError.
 """
+import errno
 
 
 class UserError(Exception):
@@ -12,3 +13,8 @@ class UserError(Exception):
 
 class InputError(UserError):
     """Files or text given to translate, score or distill that cannot be used as they are."""
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """A write failed for want of space (a full disk or quota): the user can free some and go on."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
