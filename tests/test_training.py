@@ -111,7 +111,10 @@ def test_resume_continues_exactly_as_if_never_stopped(small_corpus, tmp_path, mo
     monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
     train(tiny_config(small_corpus, "train.max_steps=12", "train.save_every=100"), tmp_path / "whole")
     train(tiny_config(small_corpus, "train.max_steps=5"), tmp_path / "split")  # stops, saves step 5
+    killed_save = tmp_path / "split" / "checkpoints" / ".step_0000006.pt.999999999.tmp"
+    killed_save.write_bytes(b"half a checkpoint")  # what a kill -9 during a save leaves
     train(tiny_config(small_corpus, "train.max_steps=12"), tmp_path / "split")  # resumes at step 6
+    assert not killed_save.exists()
     whole, split = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "split")
     assert sorted(split) == list(range(1, 13))
     assert [split[s] for s in range(6, 13)] == [whole[s] for s in range(6, 13)]  # identical, not just close

@@ -103,6 +103,15 @@ def step_checkpoints(folder: str | Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if STEP_FILE.search(p.name)), key=step_of)
 
 
+def remove_killed_saves(folder: str | Path) -> None:
+    """Temporary files of step saves killed mid-write (kill -9, or a preemption's grace period running
+    out during the stop's save): each as large as a checkpoint, and never read. Call it holding the run
+    lock: step checkpoints are written only by the training that holds it."""
+    for tmp in Path(folder).glob(".step_*.tmp"):
+        log.info(f"removing {tmp}, left by a save that was killed")
+        tmp.unlink(missing_ok=True)
+
+
 def latest_good(folder: str | Path, map_location="cpu") -> tuple[Path, dict] | None:
     """The newest step checkpoint that loads; damaged ones are reported and skipped."""
     for path in reversed(step_checkpoints(folder)):

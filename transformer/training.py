@@ -351,6 +351,8 @@ def _resume_or_start(ctx: Context) -> TrainState:
     run_dir, config, rt = ctx.run_dir, ctx.config, ctx.rt
     # read on the CPU: load_state_dict moves model and optimizer state to their parameters' device,
     # and the generator states must stay CPU tensors
+    if rt.is_main:  # it holds the run lock
+        checkpoint.remove_killed_saves(run_dir / "checkpoints")
     found = checkpoint.latest_good(run_dir / "checkpoints")
     if found is None:
         if rt.is_main:
