@@ -1,8 +1,9 @@
 """What every script shares: logging to stderr, the config and checkpoint arguments, and one entry point.
 
-An error the user can fix (transformer.errors.UserError) ends in one line, `error: ...`, and exit
-status 2; any other exception is a bug and keeps its traceback.
+An error the user can fix (transformer.errors.UserError, or a path the filesystem refuses) ends in
+one line, `error: ...`, and exit status 2; any other exception is a bug and keeps its traceback.
 """
+import errno
 import logging
 import os
 import sys
@@ -62,6 +63,12 @@ def run(main) -> None:
         sys.exit(main())
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # the filesystem refuses a path the user chose: a read-only disk, permissions
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not error.filename:
+            raise
+        print(f"error: cannot use {error.filename}: {error.strerror}; fix its permissions or choose another path "
+              f"(RUN=, DATA=, OUT=, TRANSFORMER_CACHE=)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)

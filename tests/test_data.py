@@ -193,7 +193,11 @@ def test_missing_split_lists_the_splits_there(tmp_path):
 
 def test_missing_folder_names_it_and_the_fix(tmp_path):
     cfg = load_config(None, [f"data.path={tmp_path / 'nowhere'}"]).data
-    with pytest.raises(DataError, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere does not exist"):
+        read_split(cfg, "train")
+    (tmp_path / "train.de").write_text("ein Hund\n")
+    cfg = load_config(None, [f"data.path={tmp_path / 'train.de'}"]).data
+    with pytest.raises(DataError, match="train.de is a file, not a folder; point DATA="):
         read_split(cfg, "train")
 
 

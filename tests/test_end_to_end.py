@@ -85,6 +85,25 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(small_corpus, tm
     assert out.returncode == 1 and "Traceback" in out.stderr and "ValueError: a planted bug" in out.stderr
 
 
+def test_a_path_the_filesystem_refuses_is_one_line_naming_it(capsys):
+    import errno
+
+    from scripts.cli import run
+
+    def raises(error):
+        def main():
+            raise error
+        return main
+
+    with pytest.raises(SystemExit) as exit:  # what RUN= on a read-only disk meets
+        run(raises(OSError(errno.EROFS, "Read-only file system", "/mnt/read-only/run")))
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == ("error: cannot use /mnt/read-only/run: Read-only file system; fix its "
+                                       "permissions or choose another path (RUN=, DATA=, OUT=, TRANSFORMER_CACHE=)\n")
+    with pytest.raises(OSError):  # no path named: nothing the user can act on, so the traceback stays
+        run(raises(OSError(errno.EACCES, "Permission denied")))
+
+
 def test_a_user_error_with_nproc_2_is_one_line_before_torchrun_starts(tmp_path):
     out = make("train", "NPROC=2", "CONFIG=configs/tiny.yaml", f"RUN={tmp_path / 'run'}", f"DATA={tmp_path / 'none'}",
                check=False)

@@ -92,7 +92,8 @@ def find_corpus(cfg: DataConfig) -> str | Path:
     if cfg.path:
         folder = Path(cfg.path).expanduser()
         if not folder.is_dir():
-            raise DataError(f"data folder {folder} does not exist; point DATA= (data.path) at a folder with "
+            problem = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DataError(f"data folder {folder} {problem}; point DATA= (data.path) at a folder with "
                             f"{cfg.train_split}.{cfg.src_lang}[.gz] and {cfg.train_split}.{cfg.tgt_lang}[.gz]")
         if _local_layout(folder, cfg.train_split, cfg) is None:
             raise DataError(f"data folder {folder} has no {cfg.train_split} split for {cfg.src_lang}-{cfg.tgt_lang}: "
