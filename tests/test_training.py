@@ -122,6 +122,17 @@ def test_resume_continues_exactly_as_if_never_stopped(small_corpus, tmp_path, mo
     assert state["state"]["epoch"] >= 1  # the run crossed an epoch boundary
 
 
+def test_a_resume_with_other_batching_goes_on_from_the_same_fraction_of_the_epoch(small_corpus, tmp_path, monkeypatch,
+                                                                                   caplog):
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    first = train(tiny_config(small_corpus, "train.max_steps=12", "train.max_tokens=400"), tmp_path / "run")
+    state = train(tiny_config(small_corpus, "train.max_steps=14", "train.max_tokens=3000"), tmp_path / "run")
+    assert state.epoch_steps < first.epoch_step < first.epoch_steps  # the old position lies past the new epoch
+    fraction = first.epoch_step * state.epoch_steps // first.epoch_steps
+    assert f"goes on from step {fraction} of {state.epoch_steps}, the same fraction" in caplog.text
+    assert state.step == 14 and (state.epoch, state.epoch_step) == divmod(fraction + 2, state.epoch_steps)
+
+
 def test_max_epochs_stops_at_the_epoch_boundary_and_saves_without_validating_twice(small_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
     state = train(tiny_config(small_corpus, "train.max_epochs=2", "train.valid_every=1", "train.save_every=1000"),

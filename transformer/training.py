@@ -50,6 +50,7 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # epochs completed
     epoch_step: int = 0  # steps taken in the current epoch: the data position
+    epoch_steps: int = 0  # steps an epoch, in the batching of the run (0 in checkpoints from before it was kept)
     best_bleu: float = -1.0
     stale_validations: int = 0  # validations since the best BLEU
     seconds: float = 0.0  # wall-clock training time over all sessions
@@ -145,6 +146,9 @@ def loop(ctx: Context, state: TrainState) -> None:
     epoch_groups = lambda epoch: step_groups(src_lens, tgt_lens, cfg.max_tokens, cfg.seed + epoch, rt.world_size,
                                              cfg.accumulate)
     groups = epoch_groups(state.epoch)
+    if state.epoch_steps not in (0, len(groups)) or state.epoch_step >= len(groups):
+        _keep_the_epochs_fraction(state, len(groups), rt.is_main)
+    state.epoch_steps = len(groups)
     if rt.is_main:
         batches = [batch for group in groups for batch in group]
         log.info(f"batches: {len(batches)} an epoch of at most {cfg.max_tokens} tokens a side, "
@@ -204,6 +208,16 @@ def loop(ctx: Context, state: TrainState) -> None:
         raise TrainingError(f"the loss or gradient was non-finite {bad_steps} steps in a row at step {state.step}; "
                             f"a checkpoint is saved in {ctx.run_dir}/checkpoints. Lower train.lr_factor, raise "
                             f"train.warmup_steps or use train.precision=float32, then resume")
+
+
+def _keep_the_epochs_fraction(state: TrainState, steps: int, log_it: bool) -> None:
+    """A run resumed with other batching (train.max_tokens, train.accumulate, the number of processes)
+    has another number of steps an epoch: it goes on from the same fraction of the epoch."""
+    before = state.epoch_steps or state.epoch_step + 1
+    state.epoch_step = state.epoch_step * steps // before
+    if log_it:
+        log.info(f"the batching differs from the checkpoint's ({before} steps an epoch, now {steps}): epoch "
+                 f"{state.epoch + 1} goes on from step {state.epoch_step} of {steps}, the same fraction")
 
 
 def train_step(ctx: Context, group: list[np.ndarray], step: int) -> StepResult:
