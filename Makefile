@@ -33,7 +33,7 @@ export MIMALLOC_PURGE_DELAY := -1
 endif
 
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
-CHECKPOINT = --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT))
+CHECKPOINT = --run-dir "$(RUN)" $(if $(CKPT),--ckpt $(CKPT))
 
 .PHONY: help install test lint train translate evaluate average tune-decode export distill tensorboard summary trace ablate bench bench-scale clean
 
@@ -52,7 +52,7 @@ test:  ## run the test suite (CPU, a few minutes)
 lint:  ## check the code with ruff (rules and line length in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
-TRAINING = --config $(CONFIG) --run-dir $(RUN) $(if $(DATA),--data $(DATA)) $(ARGS)
+TRAINING = --config "$(CONFIG)" --run-dir "$(RUN)" $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 # NPROC=2 and more: one process first checks the config and the run folder and prepares the data, so a
 # mistake is one line, not a torchrun failure report, and every rank finds the data ready.
@@ -60,37 +60,37 @@ train:  ## train CONFIG into RUN (resumes an existing run); NPROC=2 runs DDP und
 	$(if $(filter 1,$(NPROC)),,$(PYTHON) -m scripts.train --prepare-only $(TRAINING) && )$(LAUNCH) -m scripts.train $(TRAINING)
 
 translate:  ## translate SENTENCE="..." (or stdin lines) with RUN's best checkpoint (CKPT= picks one); ATTENTION=a.png
-	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SENTENCE),--sentence "$$SENTENCE") $(if $(ATTENTION),--attention $(ATTENTION)) $(ARGS)
+	@$(PYTHON) -m scripts.translate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SENTENCE),--sentence "$$SENTENCE") $(if $(ATTENTION),--attention "$(ATTENTION)") $(ARGS)
 
 evaluate:  ## BLEU and chrF of RUN on SPLIT (default: the run's test split); ARGS="decode.beam_size=5" decodes otherwise
-	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SPLIT),--split $(SPLIT)) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PYTHON) -m scripts.evaluate $(CHECKPOINT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(SPLIT),--split $(SPLIT)) $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 average:  ## average RUN's last checkpoints into avg.pt (Sec. 6.1), then tune its length penalty on val
-	$(PYTHON) -m scripts.average --run-dir $(RUN)
+	$(PYTHON) -m scripts.average --run-dir "$(RUN)"
 
 tune-decode:  ## choose the length penalty of RUN's checkpoint (CKPT=) on val; training and average do it too
-	$(PYTHON) -m scripts.tune_decode $(CHECKPOINT) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PYTHON) -m scripts.tune_decode $(CHECKPOINT) $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 export:  ## write RUN's checkpoint (CKPT=) as a CTranslate2 model in RUN/ct2; then ENGINE=ct2 translates with it
-	$(PYTHON) -m scripts.export --run-dir $(RUN) $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
+	$(PYTHON) -m scripts.export --run-dir "$(RUN)" $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
 
 distill:  ## translate RUN's training sources into a corpus for a student (OUT=, default RUN/distilled)
-	$(PYTHON) -m scripts.distill $(CHECKPOINT) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PYTHON) -m scripts.distill $(CHECKPOINT) $(if $(OUT),--out "$(OUT)") $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 tensorboard:  ## serve the TensorBoard logs under runs/
 	$(PYTHON) -m tensorboard.main --logdir runs --port $(PORT)
 
 summary:  ## parameters, FLOPs per token and the paper ledger of CONFIG
-	$(PYTHON) -m scripts.summary --config $(CONFIG) $(ARGS)
+	$(PYTHON) -m scripts.summary --config "$(CONFIG)" $(ARGS)
 
 trace:  ## SENTENCE="..." through RUN's model (or an untrained CONFIG): every stage's paper name and shape
-	@$(PYTHON) -m scripts.trace --run-dir $(RUN) --config $(CONFIG) $(if $(CKPT),--ckpt $(CKPT)) --sentence "$$SENTENCE" $(ARGS)
+	@$(PYTHON) -m scripts.trace --run-dir "$(RUN)" --config "$(CONFIG)" $(if $(CKPT),--ckpt $(CKPT)) --sentence "$$SENTENCE" $(ARGS)
 
 ablate:  ## train and score every variant of GRID= (configs/ablations/*.yaml) into runs/<grid>; resumes
-	$(PYTHON) -m scripts.ablate --grid $(GRID)
+	$(PYTHON) -m scripts.ablate --grid "$(GRID)"
 
 bench:  ## training and decoding speed, data preparation time (under 10 minutes)
-	$(PYTHON) -m scripts.benchmark --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PYTHON) -m scripts.benchmark --config "$(CONFIG)" $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 bench-scale:  ## data at the paper's scale: PAIRS= synthetic pairs (default 4.5M) prepared and trained (~30 min)
 	$(PYTHON) -m scripts.bench_scale --pairs $(or $(PAIRS),4500000) $(ARGS)

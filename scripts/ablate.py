@@ -6,6 +6,7 @@ Finished variants are skipped, so a stopped grid (Ctrl-C) resumes where it stopp
 """
 import argparse
 import logging
+import shlex
 from pathlib import Path
 
 from scripts.cli import run
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     grid = load_grid(args.grid)
     out = Path(args.out or f"runs/{grid.name}")
-    resume = f"the finished variants are kept; resume with: make ablate GRID={args.grid}"
+    resume = f"the finished variants are kept; resume with: make ablate GRID={shlex.quote(args.grid)}"
     try:
         run_grid(grid, out, args.device)
     except (Stopped, KeyboardInterrupt):

@@ -6,6 +6,7 @@ Reads <run>/train_log.jsonl; needs no plotting library (the SVG is written by ha
 """
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from scripts.cli import run
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     log = Path(args.run_dir) / "train_log.jsonl"
     if not log.is_file():
-        raise UserError(f"no {log}; train first: make train RUN={args.run_dir}")
+        raise UserError(f"no {log}; train first: make train RUN={shlex.quote(args.run_dir)}")
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     loss = [(r["minutes"], r["loss"]) for r in rows if "loss" in r]
     bleu = [(r["minutes"], r["valid_bleu"]) for r in rows if "valid_bleu" in r]

@@ -315,6 +315,18 @@ def test_ablate_trains_scores_and_skips_what_is_finished(small_corpus, tmp_path)
     assert bad.returncode == 2 and "variant typo" in bad.stderr and "model.attention_scor" in bad.stderr
 
 
+def test_paths_with_spaces_pass_through_make(small_corpus, tmp_path):
+    import shutil
+
+    data, run = tmp_path / "my corpus", tmp_path / "my run"
+    shutil.copytree(small_corpus, data)
+    env = {**os.environ, "TRANSFORMER_CACHE": str(tmp_path / "cache")}
+    make("train", "CONFIG=configs/tiny.yaml", f"DATA={data}", f"RUN={run}",
+         "ARGS=train.max_steps=2 train.valid_bleu=false decode.tune_length_penalties=", env=env)
+    assert (run / "checkpoints" / "step_0000002.pt").is_file()
+    assert len(make("translate", f"RUN={run}", "SENTENCE=Ein Hund.", env=env).stdout.decode().splitlines()) == 1
+
+
 def test_bench_measures_the_config_and_corpus_it_is_given(small_corpus, tmp_path):
     env = {**os.environ, "TRANSFORMER_CACHE": str(tmp_path / "cache")}
     report = tmp_path / "bench.json"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -155,7 +156,7 @@ def find_for_inference(run: str | Path | None, ckpt: str | Path | None) -> Path:
     steps = step_checkpoints(folder)
     if steps:
         return steps[-1]
-    raise CheckpointError(f"no checkpoint in {folder}; train one first: make train RUN={run}")
+    raise CheckpointError(f"no checkpoint in {folder}; train one first: make train RUN={shlex.quote(str(run))}")
 
 
 def average(paths: list[Path]) -> dict:
@@ -183,7 +184,8 @@ def average_run(run_dir: str | Path, last: int | None = None) -> Path:
     folder = Path(run_dir) / "checkpoints"
     paths = step_checkpoints(folder)
     if not paths:
-        raise CheckpointError(f"no step checkpoints in {folder}; train first: make train RUN={run_dir}")
+        raise CheckpointError(f"no step checkpoints in {folder}; train first: "
+                              f"make train RUN={shlex.quote(str(run_dir))}")
     train = from_dict(load(paths[-1])["config"]).train
     last = last or train.average_last
     grid = on_grid(paths, train.save_every)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +57,7 @@ def distill(translator: Translator, out: str | Path, data_path: str | None = Non
     write_lines(out / f"{data.train_split}.{src}", train.src_text * copies)
     write_lines(target, (train.tgt_text if with_references else []) + hyps)
     partial.unlink()
-    log.info(f"wrote {out}: train with `make train DATA={out} CONFIG=... RUN=...`")
+    log.info(f"wrote {out}: train with `make train DATA={shlex.quote(str(out))} CONFIG=... RUN=...`")
     return out
 
 

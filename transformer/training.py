@@ -15,6 +15,7 @@ import datetime
 import gc
 import logging
 import math
+import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
                     tune_last(run_dir, rt.device)
             except KeyboardInterrupt:  # a second Ctrl-C: nothing is saved
                 log.error(f"\naborted; the last checkpoint in {run_dir}/checkpoints is intact. "
-                          f"Resume: make train RUN={run_dir}")
+                          f"Resume: make train RUN={shlex.quote(str(run_dir))}")
                 raise
             finally:
                 ctx.stop.restore()
@@ -203,7 +204,7 @@ def loop(ctx: Context, state: TrainState) -> None:
     if rt.is_main:
         log.info(f"stopped at step {state.step} ({reason}); {state.seconds / 60:.1f} min of training in {ctx.run_dir}")
         if ctx.stop.reason or "non-finite" in reason:
-            log.info(f"resume with: make train RUN={ctx.run_dir} (same CONFIG and ARGS)")
+            log.info(f"resume with: make train RUN={shlex.quote(str(ctx.run_dir))} (same CONFIG and ARGS)")
     if bad_steps >= cfg.max_bad_steps:
         raise TrainingError(f"the loss or gradient was non-finite {bad_steps} steps in a row at step {state.step}; "
                             f"a checkpoint is saved in {ctx.run_dir}/checkpoints. Lower train.lr_factor, raise "
