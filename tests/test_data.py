@@ -132,7 +132,9 @@ def test_vectorized_batches_equal_the_plain_algorithm(prepared):
     g = torch.Generator().manual_seed(0)
     noisy_src = torch.randint(0, 60, (5000,), generator=g).tolist()
     noisy_tgt = torch.randint(0, 90, (5000,), generator=g).tolist()
-    for lengths, budgets in (((src, tgt), (4096, 1000, 130)), ((noisy_src, noisy_tgt), (2000, 91))):
+    long = [70_000, 3, 65_000, 70_000, 5, 1, 40_000, 65_000]  # a line to translate can be this long
+    for lengths, budgets in (((src, tgt), (4096, 1000, 130)), ((noisy_src, noisy_tgt), (2000, 91)),
+                             ((long, long[::-1]), (200_000, 70_001))):
         for budget in budgets:
             for seed in (None, 1, 7):
                 batches = make_batches(*lengths, budget, seed=seed)
