@@ -104,9 +104,11 @@ def make_batches(src_lens, tgt_lens, max_tokens: int, seed: int | None = None) -
 def padding_fraction(batches: list[np.ndarray], src_lens, tgt_lens) -> float:
     """Share of padding among all source and target positions of these batches."""
     src, tgt = np.asarray(src_lens) + 1, np.asarray(tgt_lens) + 1
-    real = sum(int(src[b].sum() + tgt[b].sum()) for b in batches)
-    padded = sum(len(b) * int(src[b].max() + tgt[b].max()) for b in batches)
-    return 1 - real / padded
+    sizes = np.array([len(b) for b in batches])
+    starts = np.cumsum(sizes) - sizes
+    s, t = src[np.concatenate(batches)], tgt[np.concatenate(batches)]
+    padded = sizes * (np.maximum.reduceat(s, starts) + np.maximum.reduceat(t, starts))  # (batches,)
+    return 1 - (int(s.sum()) + int(t.sum())) / int(padded.sum())
 
 
 def shard(batches: list[np.ndarray], world_size: int) -> list[np.ndarray]:
