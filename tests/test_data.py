@@ -341,7 +341,7 @@ def test_machines_preparing_one_shared_cache_at_once_keep_one_copy(tmp_path, mon
             results.put(repr(error))
 
     monkeypatch.setattr(data_module, "_build_cache", build_together)
-    machines = [fork.Process(target=machine) for _ in range(2)]
+    machines = [fork.Process(target=machine, daemon=True) for _ in range(2)]  # a hung one cannot hold up pytest
     for process in machines:
         process.start()
     first, second = (results.get(timeout=120) for _ in machines)
