@@ -94,10 +94,12 @@ def data_preparation(config) -> dict:
     return {"from_scratch_s": round(fresh, 2), "cached_s": round(cached, 2), "no_corpus_error_s": no_corpus}
 
 
-def training_throughput(config, prepared, precision: str, steps: int, peak: float, warmup: int = 3) -> dict:
+def training_throughput(config, prepared, rt: runtime.Runtime, precision: str, steps: int, peak: float,
+                        warmup: int = 3) -> dict:
     """Tokens/s and GFLOP/s (and its fraction of the matmul `peak`) of the real training step, and the
     hours that train.max_steps such steps take."""
-    rt = runtime.setup(replace(config.train, precision=precision))
+    dtype, reason = runtime.choose_precision(precision, rt.device)
+    rt = replace(rt, autocast_dtype=dtype, reason=reason)
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
     model = Transformer(config.model, prepared.tokenizer.vocab_size).to(rt.device)
@@ -206,11 +208,11 @@ def main(argv=None) -> int:
     prepared = prepare(config)
     report["padding_fraction"] = padding(config, prepared)
     if "training" in args.parts:
-        device = runtime.setup(config.train).device
-        report["matmul_peak_gflops"] = {"device": str(device), "float32": round(matmul_peak(torch.float32, device), 1),
-                                        "bfloat16": round(matmul_peak(torch.bfloat16, device), 1)}
-        report["training"] = [training_throughput(config, prepared, p, args.steps, report["matmul_peak_gflops"][p])
-                              for p in ("float32", "bfloat16")]
+        rt = runtime.setup(config.train)  # device and threads, once for the peak and both precisions
+        peak = {p: round(matmul_peak(dtype, rt.device), 1) for p, dtype in (("float32", torch.float32),
+                                                                             ("bfloat16", torch.bfloat16))}
+        report["matmul_peak_gflops"] = {"device": str(rt.device), **peak}
+        report["training"] = [training_throughput(config, prepared, rt, p, args.steps, peak[p]) for p in peak]
     if "decoding" in args.parts:
         translator, report["decoding_checkpoint"] = decoding_translator(config, prepared, args.ckpt)
         report["decoding"] = decoding(translator, args.uncached)

@@ -106,7 +106,8 @@ def padding_fraction(batches: list[np.ndarray], src_lens, tgt_lens) -> float:
     src, tgt = np.asarray(src_lens) + 1, np.asarray(tgt_lens) + 1
     sizes = np.array([len(b) for b in batches])
     starts = np.cumsum(sizes) - sizes
-    s, t = src[np.concatenate(batches)], tgt[np.concatenate(batches)]
+    order = np.concatenate(batches)
+    s, t = src[order], tgt[order]
     padded = sizes * (np.maximum.reduceat(s, starts) + np.maximum.reduceat(t, starts))  # (batches,)
     return 1 - (int(s.sum()) + int(t.sum())) / int(padded.sum())
 
