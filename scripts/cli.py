@@ -7,8 +7,9 @@ import errno
 import logging
 import os
 import sys
+import threading
 
-from transformer.errors import UserError
+from transformer.errors import UserError, disk_full
 
 
 def add_config_arguments(parser) -> None:
@@ -59,6 +60,10 @@ def run(main) -> None:
     """Call main() and exit with its status; a UserError prints `error: ...` and exits 2."""
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # TensorBoard writes from a thread whose error its caller meets at the next call and reports in one
+    # line: a full disk there should not also print the thread's traceback
+    report = threading.excepthook
+    threading.excepthook = lambda args: None if disk_full(args.exc_value) else report(args)
     try:
         sys.exit(main())
     except UserError as error:

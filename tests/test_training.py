@@ -1,12 +1,15 @@
 """The recipe (schedule, loss), checkpoints, resume, signals and data parallelism."""
+import errno
 import glob
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -17,7 +20,7 @@ from tests.conftest import ROOT, logged_losses, tiny_config
 from transformer import checkpoint, runtime
 from transformer.loss import label_smoothed_loss
 from transformer.optim import lr_at
-from transformer.training import train
+from transformer.training import TrainingError, train
 
 
 def test_learning_rate_is_the_paper_formula_and_peaks_at_warmup():
@@ -180,7 +183,6 @@ def test_a_save_interrupted_mid_write_leaves_the_old_checkpoint_and_no_temporary
 
 
 def test_a_full_disk_is_named_and_leaves_the_old_checkpoint(tmp_path, monkeypatch):
-    import errno
     import io
 
     path = checkpoint.save({"model": {"w": torch.ones(2)}}, tmp_path / "step_0000001.pt")
@@ -196,6 +198,45 @@ def test_a_full_disk_is_named_and_leaves_the_old_checkpoint(tmp_path, monkeypatc
         checkpoint.save({"model": {"w": torch.zeros(1000)}}, path)  # torch.save itself says "unexpected pos"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     assert checkpoint.load(path)["model"]["w"].tolist() == [1.0, 1.0]
+
+
+def test_a_full_disk_under_the_run_log_or_tensorboard_is_one_error_and_the_run_resumes(small_corpus, tmp_path,
+                                                                                        monkeypatch, capsys):
+    from tensorboard.summary.writer import record_writer
+
+    import scripts.train
+    from scripts import cli
+    from transformer.monitor import Monitor
+
+    full, run = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), tmp_path / "run"
+    train(tiny_config(small_corpus, "train.max_steps=4", "train.save_every=2"), run)
+    append = Monitor._append
+
+    def append_until_full(self, row):
+        if row.get("step") == 6:
+            raise full
+        append(self, row)
+
+    monkeypatch.setattr(Monitor, "_append", append_until_full)
+    with pytest.raises(TrainingError, match=f"no space left on the disk of {re.escape(str(run))}: .* resumes from"):
+        train(tiny_config(small_corpus, "train.max_steps=8", "train.save_every=2"), run)
+    monkeypatch.undo()
+
+    def write(self, data):  # TensorBoard writes from a thread of its own
+        raise full
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)  # what prints a thread's traceback
+    command = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "--run-dir", str(run),
+               "train.log_every=1", "train.valid_bleu=false", "train.max_tokens=3000", "train.valid_every=1000",
+               "decode.tune_length_penalties=", "train.max_steps=8", "train.save_every=2"]
+    with pytest.raises(SystemExit) as exit:  # through the script, as `make train` runs it
+        cli.run(lambda: scripts.train.main(command))
+    assert exit.value.code == 2 and "error: no space left on the disk" in capsys.readouterr().err
+    assert thread_errors == []
+    monkeypatch.undo()
+    assert train(tiny_config(small_corpus, "train.max_steps=8"), run).step == 8
 
 
 def test_averaging_is_the_mean_of_the_parameters(tmp_path):

@@ -29,7 +29,7 @@ from . import checkpoint, runtime
 from .batching import collate, make_batches, padding_fraction, step_groups
 from .config import Config, TrainConfig, from_dict, save_config, to_plain
 from .data import Prepared, prepare
-from .errors import UserError
+from .errors import UserError, disk_full
 from .loss import label_smoothed_loss
 from .metrics import bleu
 from .model import Transformer
@@ -130,6 +130,11 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
                     del ctx
                     gc.collect()
             return state
+    except OSError as error:  # the run's config, log, TensorBoard or validation outputs found the disk full
+        if not disk_full(error):
+            raise
+        raise TrainingError(f"no space left on the disk of {run_dir}: free some and run the command again; training "
+                            f"resumes from the last checkpoint in {run_dir}/checkpoints") from None
     finally:
         runtime.teardown()
 
