@@ -59,11 +59,15 @@ def small_model(vocab_size: int = 50, **overrides) -> Transformer:
     return Transformer(config, vocab_size).eval()
 
 
+def tiny_overrides(corpus, *overrides) -> list[str]:
+    """For configs/tiny.yaml on `corpus`: log every step, no validation BLEU, no length penalty sweep."""
+    return [f"data.path={corpus}", "train.log_every=1", "train.valid_bleu=false", "train.max_tokens=3000",
+            "train.valid_every=1000", "decode.tune_length_penalties=", *overrides]
+
+
 def tiny_config(corpus, *overrides):
-    """configs/tiny.yaml on `corpus`, logging every step, no validation BLEU, no length penalty sweep."""
-    return load_config("configs/tiny.yaml", [f"data.path={corpus}", "train.log_every=1", "train.valid_bleu=false",
-                                             "train.max_tokens=3000", "train.valid_every=1000",
-                                             "decode.tune_length_penalties=", *overrides])
+    """configs/tiny.yaml with `tiny_overrides`."""
+    return load_config("configs/tiny.yaml", tiny_overrides(corpus, *overrides))
 
 
 def logged_losses(run: Path) -> dict[int, float]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import ROOT, logged_losses, tiny_config
+from tests.conftest import ROOT, logged_losses, tiny_config, tiny_overrides
 from transformer import checkpoint, runtime
 from transformer.loss import label_smoothed_loss
 from transformer.optim import lr_at
@@ -228,9 +228,8 @@ def test_a_full_disk_under_the_run_log_or_tensorboard_is_one_error_and_the_run_r
     monkeypatch.setattr(record_writer.RecordWriter, "write", write)
     thread_errors = []
     monkeypatch.setattr(threading, "excepthook", thread_errors.append)  # what prints a thread's traceback
-    command = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "--run-dir", str(run),
-               "train.log_every=1", "train.valid_bleu=false", "train.max_tokens=3000", "train.valid_every=1000",
-               "decode.tune_length_penalties=", "train.max_steps=8", "train.save_every=2"]
+    command = ["--config", "configs/tiny.yaml", "--run-dir", str(run),
+               *tiny_overrides(small_corpus, "train.max_steps=8", "train.save_every=2")]
     with pytest.raises(SystemExit) as exit:  # through the script, as `make train` runs it
         cli.run(lambda: scripts.train.main(command))
     assert exit.value.code == 2 and "error: no space left on the disk" in capsys.readouterr().err
