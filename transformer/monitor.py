@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ class Monitor:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir, self.config = run_dir, config
+        _drop_cut_line(run_dir / "train_log.jsonl")
         self.writer = SummaryWriter(str(run_dir / "tb"))
         if state.step == 0:
             flat = {f"{section}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -135,4 +137,13 @@ class Monitor:
         if self.bar is not None:
             self.bar.close()
         self.writer.close()
+
+
+def _drop_cut_line(path: Path) -> None:
+    """A last line cut short (the disk filled while writing it) is dropped before the run appends,
+    so the log stays one JSON object a line. Truncating needs no free space."""
+    if path.is_file():
+        text = path.read_bytes()
+        if text and not text.endswith(b"\n"):
+            os.truncate(path, text.rfind(b"\n") + 1)
 
