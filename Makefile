@@ -32,7 +32,7 @@ export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD := 1099511627776
 export MIMALLOC_PURGE_DELAY := -1
 endif
 
-LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
+LAUNCH = $(if $(filter 1,$(NPROC)),$(PYTHON),$(PYTHON) -m scripts.torchrun --standalone --nproc_per_node=$(NPROC))
 CHECKPOINT = --run-dir "$(RUN)" $(if $(CKPT),--ckpt $(CKPT))
 
 .PHONY: help install test lint train translate evaluate average tune-decode export distill tensorboard summary trace ablate bench bench-scale clean

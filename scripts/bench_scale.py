@@ -88,7 +88,7 @@ def ranks() -> list[int]:
             argv = (entry / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if Path(argv[0]).name.startswith("python") and "scripts.train" in argv and "torch.distributed.run" not in argv:
+        if Path(argv[0]).name.startswith("python") and "scripts.train" in argv and "scripts.torchrun" not in argv:
             found.append(int(entry.name))
     return sorted(found)
 

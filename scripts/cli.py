@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 
-from transformer.errors import UserError, disk_full
+from transformer.errors import PeerFailed, UserError, disk_full
 
 
 def add_config_arguments(parser) -> None:
@@ -66,6 +66,8 @@ def run(main) -> None:
     threading.excepthook = lambda args: None if disk_full(args.exc_value) else report(args)
     try:
         sys.exit(main())
+    except PeerFailed:  # the failing rank reports it and sets torchrun's exit status
+        sys.exit(0)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

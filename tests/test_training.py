@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -327,6 +328,37 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_cor
     two = checkpoint.load(tmp_path / "two" / "checkpoints" / "step_0000004.pt")["model"]
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
+
+
+def test_an_error_on_rank_0_alone_ends_every_rank_quietly_and_a_bug_keeps_its_traceback(small_corpus, tmp_path):
+    # rank 0 alone writes the run folder; the other ranks are in a collective when its disk fills
+    script = tmp_path / "train_rank0_fails.py"
+    script.write_text(textwrap.dedent("""
+        import errno, os, sys
+        import scripts.train
+        from scripts import cli
+        from transformer.monitor import Monitor
+
+        def append(self, row):
+            if row.get("step") == 4:
+                raise OSError(errno.ENOSPC, "No space left on device") if sys.argv[1] == "full" else KeyError("bug")
+        if os.environ["RANK"] == "0":
+            Monitor._append = append
+        cli.run(lambda: scripts.train.main(sys.argv[2:]))
+    """))
+    common = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "train.max_steps=8", "train.log_every=2",
+              "train.valid_bleu=false", "train.max_tokens=400", "train.threads=1"]
+    ended = {}
+    for kind in ("full", "bug"):
+        ended[kind] = subprocess.run([sys.executable, "-m", "scripts.torchrun", "--standalone", "--nproc_per_node=2",
+                                      str(script), kind, "--run-dir", str(tmp_path / kind), *common],
+                                     cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    full, bug = ended["full"], ended["bug"]
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert f"error: no space left on the disk of {tmp_path / 'full'}" in full.stderr
+    assert "Traceback" not in full.stderr and "ChildFailedError" not in full.stderr, full.stderr[-3000:]
+    assert bug.returncode == 1 and "KeyError: 'bug'" in bug.stderr and "ChildFailedError" in bug.stderr
+    assert "Connection closed by peer" not in full.stderr + bug.stderr  # rank 1 met no lost peer
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:

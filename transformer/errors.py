@@ -15,6 +15,11 @@ class InputError(UserError):
     """Files or text given to translate, score or distill that cannot be used as they are."""
 
 
+class PeerFailed(Exception):
+    """Another rank of a distributed run failed and reports it. This one ends quietly with status 0:
+    torchrun stops every rank when one fails, and would stop the failing one before it reported."""
+
+
 def disk_full(error: BaseException | None) -> bool:
     """A write failed for want of space (a full disk or quota): the user can free some and go on."""
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .config import ConfigError, TrainConfig
-from .errors import UserError
+from .errors import PeerFailed, UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,15 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def agree(self, reason: str | None) -> str | None:
-        """Data-parallel ranks stop together: any rank's reason stops all (one tiny all-reduce a step)."""
+    def agree(self, reason: str | None, failed: bool = False) -> str | None:
+        """Data-parallel ranks stop together: any rank's reason stops all (one tiny all-reduce a step).
+        A rank that `failed` ends the others with PeerFailed, before they meet its lost connection."""
         if not self.distributed:
             return reason
-        flag = torch.tensor([1.0 if reason else 0.0])
-        dist.all_reduce(flag)
+        flag = torch.tensor([2.0 if failed else 1.0 if reason else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() == 2 and not failed:
+            raise PeerFailed
         return reason or ("another rank stopped" if flag.item() > 0 else None)
 
     def describe(self) -> str:

@@ -178,29 +178,38 @@ def loop(ctx: Context, state: TrainState) -> None:
                 state.step += 1
                 state.tokens += result.tokens
             state.seconds = seconds_before + time.perf_counter() - session_start
-            if monitor is not None:
-                monitor.step(state, result, time.perf_counter() - tic)
+            step_seconds = time.perf_counter() - tic
             upcoming = upcoming or batcher.submit(epoch_groups, epoch + 1)
             reason = _stop_reason(cfg, state, ctx.stop, bad_steps)
-            ends_normally = reason is not None and ctx.stop.reason is None  # Ctrl-C should not wait for BLEU
-            if rt.is_main and not result.skipped and (state.step % cfg.valid_every == 0 or ends_normally):
-                tic = time.perf_counter()
-                valid = validate(ctx.model, ctx.data, ctx.config, rt, cfg.valid_bleu)
-                if valid.bleu is not None:  # BLEU decides best.pt and early stopping
-                    improved = valid.bleu > state.best_bleu
-                    state.best_bleu = max(state.best_bleu, valid.bleu)
-                    state.stale_validations = 0 if improved else state.stale_validations + 1
-                    if improved:
-                        save_checkpoint(ctx, state, name="best.pt")
-                    if cfg.early_stopping and state.stale_validations >= cfg.early_stopping and reason is None:
-                        reason = f"early stopping: no better validation BLEU in {cfg.early_stopping} validations"
-                monitor.validation(state, valid, ctx.model, ctx.data, time.perf_counter() - tic)
-            save_due = (state.step % cfg.save_every == 0
-                        or time.perf_counter() - last_save >= cfg.save_every_minutes * 60)
-            if rt.is_main and (reason or save_due):
-                save_checkpoint(ctx, state)
-                last_save = time.perf_counter()
-            reason = rt.agree(reason)
+            failure = None
+            try:  # rank 0's work alone: the log, validation, checkpoints
+                if monitor is not None:
+                    monitor.step(state, result, step_seconds)
+                ends_normally = reason is not None and ctx.stop.reason is None  # Ctrl-C should not wait for BLEU
+                if rt.is_main and not result.skipped and (state.step % cfg.valid_every == 0 or ends_normally):
+                    tic = time.perf_counter()
+                    valid = validate(ctx.model, ctx.data, ctx.config, rt, cfg.valid_bleu)
+                    if valid.bleu is not None:  # BLEU decides best.pt and early stopping
+                        improved = valid.bleu > state.best_bleu
+                        state.best_bleu = max(state.best_bleu, valid.bleu)
+                        state.stale_validations = 0 if improved else state.stale_validations + 1
+                        if improved:
+                            save_checkpoint(ctx, state, name="best.pt")
+                        if cfg.early_stopping and state.stale_validations >= cfg.early_stopping and reason is None:
+                            reason = f"early stopping: no better validation BLEU in {cfg.early_stopping} validations"
+                    monitor.validation(state, valid, ctx.model, ctx.data, time.perf_counter() - tic)
+                save_due = (state.step % cfg.save_every == 0
+                            or time.perf_counter() - last_save >= cfg.save_every_minutes * 60)
+                if rt.is_main and (reason or save_due):
+                    save_checkpoint(ctx, state)
+                    last_save = time.perf_counter()
+            except Exception as error:  # a full disk, say: the other ranks stop with it, not on a lost peer
+                if not rt.distributed:
+                    raise
+                failure = error
+            reason = rt.agree(reason, failed=failure is not None)
+            if failure is not None:
+                raise failure
             if reason:
                 break
         else:

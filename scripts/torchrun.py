@@ -1,0 +1,27 @@
+"""torchrun, as `make train NPROC=N` launches it: the same arguments and behaviour, without its
+tracebacks where the ranks already said what happened:
+
+- a rank ended on an error the user can fix (exit status 2, its one line printed): status 2, no
+  failure report; any other failure keeps the report;
+- Ctrl-C or SIGTERM: torchrun passes it to the ranks, which save a checkpoint and say how to
+  resume; then status 128 + the signal's number.
+
+    python -m scripts.torchrun --standalone --nproc-per-node=2 -m scripts.train [ARGS]
+"""
+import runpy
+import signal
+import sys
+
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+if __name__ == "__main__":
+    try:
+        runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
+    except ChildFailedError as error:
+        codes = {failure.exitcode for failure in error.failures.values()}
+        if 2 not in codes or not codes <= {2, -signal.SIGTERM}:  # SIGTERM: torchrun stopping the other ranks
+            raise
+        sys.exit(2)
+    except SignalException as stop:
+        sys.exit(128 + stop.sigval)
