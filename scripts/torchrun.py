@@ -6,8 +6,12 @@ tracebacks where the ranks already said what happened:
 - Ctrl-C or SIGTERM: torchrun passes it to the ranks, which save a checkpoint and say how to
   resume; then status 128 + the signal's number.
 
+It sets OMP_NUM_THREADS=1 where unset, as torchrun does with a banner about it: each rank chooses
+its threads itself (train.threads, else the cores shared among the machine's ranks).
+
     python -m scripts.torchrun --standalone --nproc-per-node=2 -m scripts.train [ARGS]
 """
+import os
 import runpy
 import signal
 import sys
@@ -16,6 +20,7 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
     except ChildFailedError as error:
