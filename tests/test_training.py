@@ -330,26 +330,32 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_cor
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
 
 
-def test_an_error_on_rank_0_alone_ends_every_rank_quietly_and_a_bug_keeps_its_traceback(small_corpus, tmp_path):
-    # rank 0 alone writes the run folder; the other ranks are in a collective when its disk fills
-    script = tmp_path / "train_rank0_fails.py"
+def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_its_traceback(small_corpus, tmp_path):
+    # full: rank 0 alone writes the run folder, and the other ranks wait in a collective when its disk
+    # fills; bug: the same place raises a bug; nan: every rank stops on non-finite steps
+    script = tmp_path / "train_failing.py"
     script.write_text(textwrap.dedent("""
         import errno, os, sys
         import scripts.train
         from scripts import cli
+        from transformer import training
         from transformer.monitor import Monitor
+
+        loss = training.label_smoothed_loss
 
         def append(self, row):
             if row.get("step") == 4:
                 raise OSError(errno.ENOSPC, "No space left on device") if sys.argv[1] == "full" else KeyError("bug")
         if os.environ["RANK"] == "0":
             Monitor._append = append
+        if sys.argv[1] == "nan":  # every rank: non-finite from the first step
+            training.label_smoothed_loss = lambda *args: [x * float("nan") for x in loss(*args)]
         cli.run(lambda: scripts.train.main(sys.argv[2:]))
     """))
     common = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "train.max_steps=8", "train.log_every=2",
-              "train.valid_bleu=false", "train.max_tokens=400", "train.threads=1"]
+              "train.valid_bleu=false", "train.max_tokens=400", "train.threads=1", "train.max_bad_steps=3"]
     ended = {}
-    for kind in ("full", "bug"):
+    for kind in ("full", "bug", "nan"):
         ended[kind] = subprocess.run([sys.executable, "-m", "scripts.torchrun", "--standalone", "--nproc_per_node=2",
                                       str(script), kind, "--run-dir", str(tmp_path / kind), *common],
                                      cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
@@ -359,6 +365,8 @@ def test_an_error_on_rank_0_alone_ends_every_rank_quietly_and_a_bug_keeps_its_tr
     assert "Traceback" not in full.stderr and "ChildFailedError" not in full.stderr, full.stderr[-3000:]
     assert bug.returncode == 1 and "KeyError: 'bug'" in bug.stderr and "ChildFailedError" in bug.stderr
     assert "Connection closed by peer" not in full.stderr + bug.stderr  # rank 1 met no lost peer
+    nan = ended["nan"]  # an error every rank meets: said once
+    assert nan.returncode == 2 and nan.stderr.count("error: ") == 1 and "non-finite 3 steps" in nan.stderr, nan.stderr
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:

@@ -29,7 +29,7 @@ from . import checkpoint, runtime
 from .batching import collate, make_batches, padding_fraction, step_groups
 from .config import Config, TrainConfig, from_dict, save_config, to_plain
 from .data import Prepared, prepare
-from .errors import UserError, disk_full
+from .errors import PeerFailed, UserError, disk_full
 from .loss import label_smoothed_loss
 from .metrics import bleu
 from .model import Transformer
@@ -220,6 +220,8 @@ def loop(ctx: Context, state: TrainState) -> None:
         if ctx.stop.reason or "non-finite" in reason:
             log.info(f"resume with: make train RUN={shlex.quote(str(ctx.run_dir))} (same CONFIG and ARGS)")
     if bad_steps >= cfg.max_bad_steps:
+        if not rt.is_main:  # every rank counted the same steps; rank 0 says it once
+            raise PeerFailed
         raise TrainingError(f"the loss or gradient was non-finite {bad_steps} steps in a row at step {state.step}; "
                             f"a checkpoint is saved in {ctx.run_dir}/checkpoints. Lower train.lr_factor, raise "
                             f"train.warmup_steps or use train.precision=float32, then resume")
