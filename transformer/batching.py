@@ -29,7 +29,8 @@ class Batch:
     tgt_tokens: int
 
     def to(self, device) -> Batch:
-        move = lambda t: t.to(device, non_blocking=True)
+        pin = torch.device(device).type == "cuda"  # a copy from pinned memory does not wait for the GPU's queue
+        move = lambda t: (t.pin_memory() if pin else t).to(device, non_blocking=True)
         return Batch(move(self.src), move(self.src_pad), move(self.tgt_in), move(self.tgt_out), self.src_tokens,
                      self.tgt_tokens)
 

@@ -243,7 +243,10 @@ def train_step(ctx: Context, group: list[np.ndarray], step: int) -> StepResult:
     ctx.net.train()
     step_tgt_tokens = sum(int(train.tgt.lengths[batch].sum()) + len(batch) for batch in group)  # + </s>; all ranks
     mine = group[rt.rank :: rt.world_size]
-    sums = torch.zeros(3, dtype=torch.float64)  # smoothed loss, NLL, source + target tokens
+    # summed where they are computed and read once a step: a read each micro-batch would make the CPU
+    # wait for the GPU before it queues the next one
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # smoothed loss, NLL
+    tokens = 0  # source + target
     for k, indices in enumerate(mine):
         batch = collate([train.src[i] for i in indices], [train.tgt[i] for i in indices]).to(rt.device)
         last = k == len(mine) - 1
@@ -254,7 +257,9 @@ def train_step(ctx: Context, group: list[np.ndarray], step: int) -> StepResult:
             loss, nll = label_smoothed_loss(logits, batch.tgt_out, cfg.label_smoothing, PAD)
             scaled = loss * rt.world_size / step_tgt_tokens  # DDP averages over ranks
             (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
-        sums += torch.tensor([loss.item(), nll.item(), batch.src_tokens + batch.tgt_tokens], dtype=torch.float64)
+        sums += torch.stack([loss.detach(), nll.detach()]).double()
+        tokens += batch.src_tokens + batch.tgt_tokens
+    sums = torch.cat([sums.cpu(), torch.tensor([tokens], dtype=torch.float64)])
     if rt.distributed:
         dist.all_reduce(sums)
     optimizer, scaler = ctx.optimizer, ctx.scaler
