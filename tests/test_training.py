@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -367,6 +368,20 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
     assert "Connection closed by peer" not in full.stderr + bug.stderr  # rank 1 met no lost peer
     nan = ended["nan"]  # an error every rank meets: said once
     assert nan.returncode == 2 and nan.stderr.count("error: ") == 1 and "non-finite 3 steps" in nan.stderr, nan.stderr
+
+    with socket.socket() as s:  # two machines, one rank each, meeting as the README's multi-node command does
+        s.bind(("localhost", 0))
+        endpoint = f"localhost:{s.getsockname()[1]}"
+    machines = [subprocess.Popen([sys.executable, "-m", "scripts.torchrun", "--nnodes=2", "--nproc-per-node=1",
+                                  "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", str(script), "full",
+                                  "--run-dir", str(tmp_path / "machines"), *common],
+                                 cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [(m.communicate(timeout=300)[1], m.returncode) for m in machines]
+    assert [code for _, code in logs] == [2, 2] and not any("Traceback" in log for log, _ in logs), logs
+    first = next(log for log, _ in logs if "rank 0 of 2" in log)  # rank 0's machine: rank 0 logs
+    other = next(log for log, _ in logs if log is not first)
+    assert "error: no space left on the disk of" in first
+    assert "error: rank 1 stops: rank 0 failed, and the log of the first machine says why" in other
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:

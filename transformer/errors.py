@@ -16,8 +16,9 @@ class InputError(UserError):
 
 
 class PeerFailed(Exception):
-    """Another rank of a distributed run failed and reports it. This one ends quietly with status 0:
-    torchrun stops every rank when one fails, and would stop the failing one before it reported."""
+    """Rank 0 of a distributed run failed and reports it. On its machine the other ranks end quietly
+    with status 0: torchrun stops every rank there when one fails, and would stop rank 0 before it
+    reported. Ranks on other machines end with one line and status 2."""
 
 
 def disk_full(error: BaseException | None) -> bool:
