@@ -353,8 +353,8 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
             training.label_smoothed_loss = lambda *args: [x * float("nan") for x in loss(*args)]
         cli.run(lambda: scripts.train.main(sys.argv[2:]))
     """))
-    common = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "train.max_steps=8", "train.log_every=2",
-              "train.valid_bleu=false", "train.max_tokens=400", "train.threads=1", "train.max_bad_steps=3"]
+    common = ["--config", "configs/tiny.yaml",
+              *tiny_overrides(small_corpus, "train.max_steps=8", "train.threads=1", "train.max_bad_steps=3")]
     ended = {}
     for kind in ("full", "bug", "nan"):
         ended[kind] = subprocess.run([sys.executable, "-m", "scripts.torchrun", "--standalone", "--nproc_per_node=2",

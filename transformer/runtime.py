@@ -57,9 +57,10 @@ class Runtime:
             return reason
         flag = torch.tensor([2.0 if failed else 1.0 if reason else 0.0])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() == 2 and not failed:
+        most = flag.item()
+        if most == 2 and not failed:
             raise PeerFailed
-        return reason or ("another rank stopped" if flag.item() > 0 else None)
+        return reason or ("another rank stopped" if most else None)
 
     def describe(self) -> str:
         where = f"{self.device}" + (f", rank {self.rank} of {self.world_size}" if self.distributed else "")

@@ -187,17 +187,8 @@ def loop(ctx: Context, state: TrainState) -> None:
                     monitor.step(state, result, step_seconds)
                 ends_normally = reason is not None and ctx.stop.reason is None  # Ctrl-C should not wait for BLEU
                 if rt.is_main and not result.skipped and (state.step % cfg.valid_every == 0 or ends_normally):
-                    tic = time.perf_counter()
-                    valid = validate(ctx.model, ctx.data, ctx.config, rt, cfg.valid_bleu)
-                    if valid.bleu is not None:  # BLEU decides best.pt and early stopping
-                        improved = valid.bleu > state.best_bleu
-                        state.best_bleu = max(state.best_bleu, valid.bleu)
-                        state.stale_validations = 0 if improved else state.stale_validations + 1
-                        if improved:
-                            save_checkpoint(ctx, state, name="best.pt")
-                        if cfg.early_stopping and state.stale_validations >= cfg.early_stopping and reason is None:
-                            reason = f"early stopping: no better validation BLEU in {cfg.early_stopping} validations"
-                    monitor.validation(state, valid, ctx.model, ctx.data, time.perf_counter() - tic)
+                    early_stop = _validate_and_keep_best(ctx, state)
+                    reason = reason or early_stop
                 save_due = (state.step % cfg.save_every == 0
                             or time.perf_counter() - last_save >= cfg.save_every_minutes * 60)
                 if rt.is_main and (reason or save_due):
@@ -225,6 +216,23 @@ def loop(ctx: Context, state: TrainState) -> None:
         raise TrainingError(f"the loss or gradient was non-finite {bad_steps} steps in a row at step {state.step}; "
                             f"a checkpoint is saved in {ctx.run_dir}/checkpoints. Lower train.lr_factor, raise "
                             f"train.warmup_steps or use train.precision=float32, then resume")
+
+
+def _validate_and_keep_best(ctx: Context, state: TrainState) -> str | None:
+    """Validate (rank 0); a better BLEU saves best.pt. Returns the early-stopping reason, if it is time."""
+    cfg, tic = ctx.config.train, time.perf_counter()
+    valid = validate(ctx.model, ctx.data, ctx.config, ctx.rt, cfg.valid_bleu)
+    reason = None
+    if valid.bleu is not None:  # BLEU decides best.pt and early stopping
+        improved = valid.bleu > state.best_bleu
+        state.best_bleu = max(state.best_bleu, valid.bleu)
+        state.stale_validations = 0 if improved else state.stale_validations + 1
+        if improved:
+            save_checkpoint(ctx, state, name="best.pt")
+        if cfg.early_stopping and state.stale_validations >= cfg.early_stopping:
+            reason = f"early stopping: no better validation BLEU in {cfg.early_stopping} validations"
+    ctx.monitor.validation(state, valid, ctx.model, ctx.data, time.perf_counter() - tic)
+    return reason
 
 
 def _keep_the_epochs_fraction(state: TrainState, steps: int, log_it: bool) -> None:
