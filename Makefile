@@ -21,7 +21,7 @@ export SENTENCE
 # step's differently shaped tensors until the process is GBs larger and malloc slows it down.
 # tcmalloc where the system has it (Debian / Ubuntu: apt install libtcmalloc-minimal4), else
 # mimalloc from its PyPI wheel (make install), which keeps what it frees for reuse: handing it back
-# to the kernel costs page faults every step (~15% of the speed). MALLOC= (empty) keeps glibc.
+# to the kernel costs page faults every step (docs/speed.md). MALLOC= (empty) keeps glibc.
 TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
               /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 MALLOC   ?= $(or $(TCMALLOC),$(shell $(PYTHON) -c 'import importlib.metadata as m; \

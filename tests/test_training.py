@@ -72,6 +72,33 @@ def test_make_preloads_tcmalloc_or_else_mimalloc():
     assert preload_under_make("MALLOC=") == ""
 
 
+def primitive_reuse(env: dict) -> list[str]:
+    """oneDNN's cache hit or miss for bfloat16 matrix products of 80 shapes and then the first again, in a
+    fresh CPU process after `runtime.setup`; empty where torch does not run them through oneDNN."""
+    code = textwrap.dedent("""
+        import os, torch
+        from transformer import runtime, config
+        runtime.setup(config.TrainConfig(), 'cpu')
+        print("ideep", os.environ["LRU_CACHE_CAPACITY"], flush=True)
+        w = torch.randn(32, 64, dtype=torch.bfloat16)
+        for n in [*range(10, 90), 10]:
+            torch.randn(n, 32, dtype=torch.bfloat16) @ w
+        """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env | {"ONEDNN_VERBOSE": "2"},
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return [re.search(r"ideep \d+", out)[0]] + re.findall(r"primitive,create:(cache_\w+),", out)
+
+
+def test_onednn_keeps_few_primitives_unless_the_environment_says_otherwise():
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    bounded = primitive_reuse(env)
+    if len(bounded) == 1:
+        pytest.skip("torch runs no bfloat16 product through oneDNN on this CPU")
+    assert bounded[0] == "ideep 64" and bounded[1:] == ["cache_miss"] * 81  # the first shape was evicted
+    kept = primitive_reuse(env | {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"})
+    assert kept[0] == "ideep 1024" and kept[1:] == ["cache_miss"] * 80 + ["cache_hit"]
+
+
 def test_loss_without_smoothing_is_cross_entropy_ignoring_padding():
     torch.manual_seed(0)
     logits, target = torch.randn(3, 5, 11), torch.randint(1, 11, (3, 5))
