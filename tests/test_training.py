@@ -73,8 +73,9 @@ def test_make_preloads_tcmalloc_or_else_mimalloc():
 
 
 def primitive_reuse(env: dict) -> list[str]:
-    """oneDNN's cache hit or miss for bfloat16 matrix products of 80 shapes and then the first again, in a
-    fresh CPU process after `runtime.setup`; empty where torch does not run them through oneDNN."""
+    """ideep's cache capacity, then oneDNN's cache hit or miss for bfloat16 matrix products of 80 shapes and
+    the first again, in a fresh CPU process after `runtime.setup`; no hits or misses where torch does not
+    run them through oneDNN."""
     code = textwrap.dedent("""
         import os, torch
         from transformer import runtime, config
