@@ -361,7 +361,8 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_cor
 
 def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_its_traceback(small_corpus, tmp_path):
     # full: rank 0 alone writes the run folder, and the other ranks wait in a collective when its disk
-    # fills; bug: the same place raises a bug; nan: every rank stops on non-finite steps
+    # fills; bug: the same place raises a bug; nan: every rank stops on non-finite steps; start: rank 0's
+    # disk fills as it opens the run's log, before the first step
     script = tmp_path / "train_failing.py"
     script.write_text(textwrap.dedent("""
         import errno, os, sys
@@ -375,8 +376,12 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
         def append(self, row):
             if row.get("step") == 4:
                 raise OSError(errno.ENOSPC, "No space left on device") if sys.argv[1] == "full" else KeyError("bug")
+        def opening(self, *args):
+            raise OSError(errno.ENOSPC, "No space left on device")
         if os.environ["RANK"] == "0":
             Monitor._append = append
+            if sys.argv[1] == "start":
+                Monitor.__init__ = opening
         if sys.argv[1] == "nan":  # every rank: non-finite from the first step
             training.label_smoothed_loss = lambda *args: [x * float("nan") for x in loss(*args)]
         cli.run(lambda: scripts.train.main(sys.argv[2:]))
@@ -397,19 +402,27 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
     nan = ended["nan"]  # an error every rank meets: said once
     assert nan.returncode == 2 and nan.stderr.count("error: ") == 1 and "non-finite 3 steps" in nan.stderr, nan.stderr
 
-    with socket.socket() as s:  # two machines, one rank each, meeting as the README's multi-node command does
-        s.bind(("localhost", 0))
-        endpoint = f"localhost:{s.getsockname()[1]}"
-    machines = [subprocess.Popen([sys.executable, "-m", "scripts.torchrun", "--nnodes=2", "--nproc-per-node=1",
-                                  "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", str(script), "full",
-                                  "--run-dir", str(tmp_path / "machines"), *common],
-                                 cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    logs = [(m.communicate(timeout=300)[1], m.returncode) for m in machines]
-    assert [code for _, code in logs] == [2, 2] and not any("Traceback" in log for log, _ in logs), logs
-    first = next(log for log, _ in logs if "rank 0 of 2" in log)  # rank 0's machine: rank 0 logs
-    other = next(log for log, _ in logs if log is not first)
-    assert "error: no space left on the disk of" in first
-    assert "error: rank 1 stops: rank 0 failed, and the log of the first machine says why" in other
+    # two machines, one rank each, meeting as the README's multi-node command does: rank 0 fails in the
+    # loop, before the first step, or finds the run folder locked by a live training (this process)
+    runs = {kind: tmp_path / f"machines-{kind}" for kind in ("full", "start", "locked")}
+    with runtime.lock_run(runs["locked"]):
+        for kind, run in runs.items():
+            with socket.socket() as s:
+                s.bind(("localhost", 0))
+                endpoint = f"localhost:{s.getsockname()[1]}"
+            machines = [subprocess.Popen([sys.executable, "-m", "scripts.torchrun", "--nnodes=2", "--nproc-per-node=1",
+                                          "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", str(script),
+                                          "full" if kind == "locked" else kind, "--run-dir", str(run), *common],
+                                         cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+                        for _ in range(2)]
+            logs = [(m.communicate(timeout=300)[1], m.returncode) for m in machines]
+            assert [code for _, code in logs] == [2, 2] and not any("Traceback" in log for log, _ in logs), logs
+            said = f"{run} is being trained by process {os.getpid()}" if kind == "locked" else \
+                f"no space left on the disk of {run}"
+            first, other = sorted((log for log, _ in logs), key=lambda log: said not in log)  # rank 0's machine first
+            assert f"error: {said}" in first, (kind, logs)
+            stops = "error: rank 1 stops: rank 0 failed, and the log of the first machine says why"
+            assert stops in other and other.count("error: ") == 1, (kind, logs)
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:

@@ -62,6 +62,23 @@ class Runtime:
             raise PeerFailed
         return reason or ("another rank stopped" if most else None)
 
+    def main_alone(self, work):
+        """work() on rank 0 alone, the other ranks waiting for it: if it raises, rank 0 raises it and the
+        others stop with PeerFailed, not on a lost peer at their next collective. Returns what work()
+        returned on rank 0, None on the others."""
+        result = failure = None
+        if self.is_main:
+            try:
+                result = work()
+            except Exception as error:
+                if not self.distributed:
+                    raise
+                failure = error
+        self.agree(None, failed=failure is not None)
+        if failure is not None:
+            raise failure
+        return result
+
     def describe(self) -> str:
         where = f"{self.device}" + (f", rank {self.rank} of {self.world_size}" if self.distributed else "")
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""

@@ -100,18 +100,19 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
     run_dir = Path(run_dir)
     rt = runtime.setup(config.train, device)
     try:
-        with runtime.lock_run(run_dir) if rt.is_main else contextlib.nullcontext():
+        with rt.main_alone(lambda: runtime.lock_run(run_dir)) or contextlib.nullcontext():
             ctx, state = _build(config, run_dir, rt)
             max_steps = config.train.max_steps
             if max_steps and state.step >= max_steps:
                 log.info(f"{run_dir} already reached train.max_steps={max_steps}; raise it to train further, "
                          f'e.g. ARGS="train.max_steps={max_steps * 2}"')
                 return state
+            ctx.monitor = rt.main_alone(lambda: _open_run_folder(ctx, state))
             if rt.distributed:
                 ctx.net = torch.nn.parallel.DistributedDataParallel(ctx.model)
             if config.train.compile:
                 ctx.net = torch.compile(ctx.net)
-            ctx.monitor, ctx.stop = Monitor(run_dir, config, state) if rt.is_main else None, runtime.StopRequest()
+            ctx.stop = runtime.StopRequest()
             try:
                 loop(ctx, state)
                 if rt.distributed:
@@ -395,14 +396,9 @@ def _resume_or_start(ctx: Context) -> TrainState:
     run_dir, config, rt = ctx.run_dir, ctx.config, ctx.rt
     # read on the CPU: load_state_dict moves model and optimizer state to their parameters' device,
     # and the generator states must stay CPU tensors
-    if rt.is_main:  # it holds the run lock
-        checkpoint.remove_killed_saves(run_dir / "checkpoints")
     found = checkpoint.latest_good(run_dir / "checkpoints")
     if found is None:
         if rt.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
-            (run_dir / "tokenizer.json").write_text(ctx.data.tokenizer.to_str())
             log.info(f"new run {run_dir}: {sum(p.numel() for p in ctx.model.parameters()):,} parameters")
         return TrainState()
     path, saved = found
@@ -421,12 +417,21 @@ def _resume_or_start(ctx: Context) -> TrainState:
         ctx.scaler.load_state_dict(saved["scaler"])
     if rt.is_main:
         runtime.set_rng_state(saved["rng"])
-        save_config(config, run_dir / "config.yaml")
     state = TrainState(**saved["state"])
     if rt.is_main:
         log.info(f"resuming {run_dir} from {path.name}: step {state.step}, epoch {state.epoch}, "
                  f"{state.seconds / 60:.1f} min trained")
     return state
+
+
+def _open_run_folder(ctx: Context, state: TrainState) -> Monitor:
+    """Rank 0, holding the run lock: the run's config and vocabulary written, killed saves removed, the
+    log and TensorBoard opened."""
+    run_dir = ctx.run_dir
+    checkpoint.remove_killed_saves(run_dir / "checkpoints")
+    save_config(ctx.config, run_dir / "config.yaml")
+    (run_dir / "tokenizer.json").write_text(ctx.data.tokenizer.to_str())
+    return Monitor(run_dir, ctx.config, state)
 
 
 def _same_step_on_every_rank(step: int, run_dir: Path) -> None:
