@@ -72,14 +72,20 @@ def test_make_preloads_tcmalloc_or_else_mimalloc():
     assert preload_under_make("MALLOC=") == ""
 
 
-def primitive_reuse(env: dict) -> list[str]:
+SETUPS = {"training": "runtime.setup(config.TrainConfig(), 'cpu')",
+          "decoding": "Translator(small_model(), None, config.Config())"}
+
+
+def primitive_reuse(env: dict, process: str) -> list[str]:
     """ideep's cache capacity, then oneDNN's cache hit or miss for bfloat16 matrix products of 80 shapes and
-    the first again, in a fresh CPU process after `runtime.setup`; no hits or misses where torch does not
-    run them through oneDNN."""
-    code = textwrap.dedent("""
+    the first again, in a fresh CPU process set up for `process` (SETUPS); no hits or misses where torch
+    does not run them through oneDNN."""
+    code = textwrap.dedent(f"""
         import os, torch
+        from tests.conftest import small_model
         from transformer import runtime, config
-        runtime.setup(config.TrainConfig(), 'cpu')
+        from transformer.translation import Translator
+        {SETUPS[process]}
         print("ideep", os.environ["LRU_CACHE_CAPACITY"], flush=True)
         w = torch.randn(32, 64, dtype=torch.bfloat16)
         for n in [*range(10, 90), 10]:
@@ -90,13 +96,14 @@ def primitive_reuse(env: dict) -> list[str]:
     return [re.search(r"ideep \d+", out)[0]] + re.findall(r"primitive,create:(cache_\w+),", out)
 
 
-def test_onednn_keeps_few_primitives_unless_the_environment_says_otherwise():
+@pytest.mark.parametrize("process", SETUPS)
+def test_onednn_keeps_few_primitives_unless_the_environment_says_otherwise(process):
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
-    bounded = primitive_reuse(env)
+    bounded = primitive_reuse(env, process)
     if len(bounded) == 1:
         pytest.skip("torch runs no bfloat16 product through oneDNN on this CPU")
     assert bounded[0] == "ideep 64" and bounded[1:] == ["cache_miss"] * 81  # the first shape was evicted
-    kept = primitive_reuse(env | {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"})
+    kept = primitive_reuse(env | {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"}, process)
     assert kept[0] == "ideep 1024" and kept[1:] == ["cache_miss"] * 80 + ["cache_hit"]
 
 

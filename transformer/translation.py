@@ -17,7 +17,7 @@ from typing import BinaryIO, TextIO
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, runtime
 from .batching import collate, make_batches
 from .config import Config, ConfigError, from_dict, merge, parse_overrides
 from .errors import InputError
@@ -34,6 +34,7 @@ class Translator:
         self.model, self.tokenizer, self.config, self.step = self.models[0], tokenizer, config, step
         self.tuned_on = tuned_on  # the split the checkpoint's length penalty was chosen on, if it was
         self.device = next(self.model.parameters()).device
+        runtime.bound_onednn_caches()  # a long stdin session meets many (B, T) shapes too
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str | None = None,
