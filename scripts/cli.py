@@ -66,10 +66,11 @@ def run(main) -> None:
     threading.excepthook = lambda args: None if disk_full(args.exc_value) else report(args)
     try:
         sys.exit(main())
-    except PeerFailed:  # rank 0 failed and reports it
-        if os.environ.get("GROUP_RANK", "0") == "0":  # its machine: status 0, or torchrun stops it before it reports
+    except PeerFailed as peer:  # another rank failed and reports it
+        if peer.here:  # on this machine: status 0, or torchrun stops that rank before it reports
             sys.exit(0)
-        print(f"error: rank {rank} stops: rank 0 failed, and the log of the first machine says why", file=sys.stderr)
+        print(f"error: rank {rank} stops: rank {peer.rank} failed on {peer.host}, and its log there says why",
+              file=sys.stderr)
         sys.exit(2)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -410,8 +410,16 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
     assert nan.returncode == 2 and nan.stderr.count("error: ") == 1 and "non-finite 3 steps" in nan.stderr, nan.stderr
 
     # two machines, one rank each, meeting as the README's multi-node command does: rank 0 fails in the
-    # loop, before the first step, or finds the run folder locked by a live training (this process)
-    runs = {kind: tmp_path / f"machines-{kind}" for kind in ("full", "start", "locked")}
+    # loop, before the first step, or finds the run folder locked by a live training (this process); or
+    # one machine lacks the data
+    runs = {kind: tmp_path / f"machines-{kind}" for kind in ("full", "start", "locked", "data")}
+    missing = tmp_path / "missing"
+    said = {"full": f"no space left on the disk of {runs['full']}",
+            "start": f"no space left on the disk of {runs['start']}",
+            "locked": f"{runs['locked']} is being trained by process {os.getpid()}",
+            "data": f"data folder {missing} does not exist"}
+    host = re.escape(socket.gethostname())
+    stops = rf"error: rank (\d) stops: rank (?!\1)\d failed on {host}, and its log there says why"
     with runtime.lock_run(runs["locked"]):
         for kind, run in runs.items():
             with socket.socket() as s:
@@ -419,17 +427,15 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
                 endpoint = f"localhost:{s.getsockname()[1]}"
             machines = [subprocess.Popen([sys.executable, "-m", "scripts.torchrun", "--nnodes=2", "--nproc-per-node=1",
                                           "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", str(script),
-                                          "full" if kind == "locked" else kind, "--run-dir", str(run), *common],
+                                          kind if kind in ("full", "start") else "full", "--run-dir", str(run), *common,
+                                          *([f"data.path={missing}"] if kind == "data" and machine else [])],
                                          cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
-                        for _ in range(2)]
+                        for machine in range(2)]
             logs = [(m.communicate(timeout=300)[1], m.returncode) for m in machines]
             assert [code for _, code in logs] == [2, 2] and not any("Traceback" in log for log, _ in logs), logs
-            said = f"{run} is being trained by process {os.getpid()}" if kind == "locked" else \
-                f"no space left on the disk of {run}"
-            first, other = sorted((log for log, _ in logs), key=lambda log: said not in log)  # rank 0's machine first
-            assert f"error: {said}" in first, (kind, logs)
-            stops = "error: rank 1 stops: rank 0 failed, and the log of the first machine says why"
-            assert stops in other and other.count("error: ") == 1, (kind, logs)
+            failed, other = sorted((log for log, _ in logs), key=lambda log: f"error: {said[kind]}" not in log)
+            assert f"error: {said[kind]}" in failed, (kind, logs)
+            assert re.search(stops, other) and other.count("error: ") == 1, (kind, logs)
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:
@@ -471,6 +477,27 @@ def test_ranks_wait_for_the_data_longer_than_collectives_may_take(tmp_path):
         return training._prepare(None, runtime.Runtime(torch.device("cpu"), None, "", rank, 2, rank))
 
     assert as_two_ranks(work, tmp_path / "store") == {0: "prepared by 0", 1: "prepared by 1"}
+
+
+def test_a_machine_without_the_data_stops_every_rank_each_with_its_own_error(tmp_path):
+    from transformer import training
+    from transformer.data import DataError
+    from transformer.errors import PeerFailed
+
+    def work(rank):  # rank 1, alone on machine "b", finds no corpus
+        def prepare(config):
+            if rank == 1:
+                raise DataError("no corpus here")
+            return "prepared"
+
+        training.prepare = prepare
+        try:
+            return training._prepare(None, runtime.Runtime(torch.device("cpu"), None, "", rank, 2, 0,
+                                                           machines=((0, "a"), (1, "b"))))
+        except PeerFailed as peer:
+            return peer.rank, peer.host, peer.here
+
+    assert as_two_ranks(work, tmp_path / "store") == {0: (1, "b", False), 1: "DataError('no corpus here')"}
 
 
 def test_ranks_that_find_different_checkpoints_refuse_to_train(tmp_path):

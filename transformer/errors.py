@@ -16,9 +16,13 @@ class InputError(UserError):
 
 
 class PeerFailed(Exception):
-    """Rank 0 of a distributed run failed and reports it. On its machine the other ranks end quietly
-    with status 0: torchrun stops every rank there when one fails, and would stop rank 0 before it
-    reported. Ranks on other machines end with one line and status 2."""
+    """Another rank of a distributed run failed and reports it. On its machine the other ranks end
+    quietly with status 0 (`here`): torchrun stops every rank there when one fails, and would stop
+    that rank before it reported. Ranks on other machines end with one line and status 2."""
+
+    def __init__(self, rank: int, host: str, here: bool):
+        super().__init__(f"rank {rank} failed on {host}")
+        self.rank, self.host, self.here = rank, host, here
 
 
 def disk_full(error: BaseException | None) -> bool:

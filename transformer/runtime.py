@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import importlib
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0
     malloc: str = ""  # on CPU: "tcmalloc" or "mimalloc" (preloaded), or "glibc, keeps freed memory"
+    machines: tuple[tuple[int, str], ...] = ()  # each rank's (torchrun's node rank, host name) when distributed
 
     @property
     def is_main(self) -> bool:
@@ -55,29 +57,36 @@ class Runtime:
         A rank that `failed` ends the others with PeerFailed, before they meet its lost connection."""
         if not self.distributed:
             return reason
-        flag = torch.tensor([2.0 if failed else 1.0 if reason else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        most = flag.item()
+        flag = torch.tensor([2.0 if failed else 1.0 if reason else 0.0, -(self.rank if failed else self.world_size)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # the strongest reason, and the first rank that failed
+        most, first_failed = flag[0].item(), -int(flag[1].item())
         if most == 2 and not failed:
-            raise PeerFailed
+            raise self.peer_failed(first_failed)
         return reason or ("another rank stopped" if most else None)
 
-    def main_alone(self, work):
-        """work() on rank 0 alone, the other ranks waiting for it: if it raises, rank 0 raises it and the
-        others stop with PeerFailed, not on a lost peer at their next collective. Returns what work()
-        returned on rank 0, None on the others."""
+    def peer_failed(self, rank: int) -> PeerFailed:
+        node, host = self.machines[rank]
+        return PeerFailed(rank, host, here=node == self.machines[self.rank][0])
+
+    def each(self, work):
+        """work() on every rank, then a word between them: where it raised, the error is raised again;
+        the other ranks stop with PeerFailed naming the first such rank, not on a lost peer at their
+        next collective."""
+        if not self.distributed:
+            return work()
         result = failure = None
-        if self.is_main:
-            try:
-                result = work()
-            except Exception as error:
-                if not self.distributed:
-                    raise
-                failure = error
+        try:
+            result = work()
+        except Exception as error:
+            failure = error
         self.agree(None, failed=failure is not None)
         if failure is not None:
             raise failure
         return result
+
+    def main_alone(self, work):
+        """As `each`, with work() on rank 0 alone (writing the run folder): None on the other ranks."""
+        return self.each(work if self.is_main else lambda: None)
 
     def describe(self) -> str:
         where = f"{self.device}" + (f", rank {self.rank} of {self.world_size}" if self.distributed else "")
@@ -231,11 +240,17 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
         bound_onednn_caches()
         malloc = preloaded_malloc() or ("glibc, keeps freed memory" if keep_freed_memory() else "")
     if world_size > 1 and not dist.is_initialized():
+        # torch._dynamo (the optimizer imports it) imported after the group keeps the group alive past
+        # destroy_process_group: its threads then meet the interpreter's exit, which can abort the process
+        importlib.import_module("torch._dynamo")
         # On GPUs, NCCL carries CUDA tensors (DDP's gradients) and Gloo the CPU ones (loss sums, stop flag)
         dist.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo")
+    machines = [None] * world_size
+    if world_size > 1:  # to say which machine's log explains a failed rank
+        dist.all_gather_object(machines, (int(os.environ.get("GROUP_RANK", "0")), socket.gethostname()))
     torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
     dtype, reason = choose_precision(cfg.precision, dev)
-    return Runtime(dev, dtype, reason, rank, world_size, local_rank, malloc)
+    return Runtime(dev, dtype, reason, rank, world_size, local_rank, malloc, tuple(machines))
 
 
 def rng_state() -> dict:

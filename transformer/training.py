@@ -29,7 +29,7 @@ from . import checkpoint, runtime
 from .batching import collate, make_batches, padding_fraction, step_groups
 from .config import Config, TrainConfig, from_dict, save_config, to_plain
 from .data import Prepared, prepare
-from .errors import PeerFailed, UserError, disk_full
+from .errors import UserError, disk_full
 from .loss import label_smoothed_loss
 from .metrics import bleu
 from .model import Transformer
@@ -213,7 +213,7 @@ def loop(ctx: Context, state: TrainState) -> None:
             log.info(f"resume with: make train RUN={shlex.quote(str(ctx.run_dir))} (same CONFIG and ARGS)")
     if bad_steps >= cfg.max_bad_steps:
         if not rt.is_main:  # every rank counted the same steps; rank 0 says it once
-            raise PeerFailed
+            raise rt.peer_failed(0)
         raise TrainingError(f"the loss or gradient was non-finite {bad_steps} steps in a row at step {state.step}; "
                             f"a checkpoint is saved in {ctx.run_dir}/checkpoints. Lower train.lr_factor, raise "
                             f"train.warmup_steps or use train.precision=float32, then resume")
@@ -377,15 +377,20 @@ def _prepare(config: Config, rt: runtime.Runtime) -> Prepared:
     if not rt.distributed:
         return prepare(config)
     waiting = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=12))
-    if rt.local_rank != 0:
-        dist.barrier(group=waiting)
-    try:
-        prepared = prepare(config)
-    finally:  # a failed preparation too: the others then meet its error, not a lost peer
-        if rt.local_rank == 0:
+
+    def after_the_first_of_the_machine():
+        if rt.local_rank != 0:
             dist.barrier(group=waiting)
-    dist.destroy_process_group(waiting)
-    return prepared
+        try:
+            return prepare(config)
+        finally:  # a failed preparation too: the others then meet its error, not a lost peer
+            if rt.local_rank == 0:
+                dist.barrier(group=waiting)
+
+    try:  # a machine without the data stops every rank, each machine with one line
+        return rt.each(after_the_first_of_the_machine)
+    finally:
+        dist.destroy_process_group(waiting)
 
 
 COMPATIBLE = ("model", "tokenizer")
