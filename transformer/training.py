@@ -107,13 +107,13 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
                 log.info(f"{run_dir} already reached train.max_steps={max_steps}; raise it to train further, "
                          f'e.g. ARGS="train.max_steps={max_steps * 2}"')
                 return state
-            ctx.monitor = rt.main_alone(lambda: _open_run_folder(ctx, state))
-            if rt.distributed:
-                ctx.net = torch.nn.parallel.DistributedDataParallel(ctx.model)
-            if config.train.compile:
-                ctx.net = torch.compile(ctx.net)
             ctx.stop = runtime.StopRequest()
             try:
+                ctx.monitor = rt.main_alone(lambda: _open_run_folder(ctx, state))
+                if rt.distributed:
+                    ctx.net = torch.nn.parallel.DistributedDataParallel(ctx.model)
+                if config.train.compile:
+                    ctx.net = torch.compile(ctx.net)
                 loop(ctx, state)
                 if rt.distributed:
                     dist.barrier()  # no rank tears the group down while another still talks to it
