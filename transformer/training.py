@@ -127,8 +127,8 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
                 ctx.stop.restore()
                 if ctx.monitor is not None:
                     ctx.monitor.close()
-                if rt.distributed:  # DDP sits in a reference cycle: free it now, not in a Gloo/NCCL teardown at exit
-                    del ctx
+                if rt.distributed:  # DDP sits in a reference cycle, and an error's traceback holds ctx: free
+                    ctx.net = ctx.model  # DDP (and its hold on the process group) now, not at exit
                     gc.collect()
             return state
     except OSError as error:  # the run's config, log, TensorBoard or validation outputs found the disk full
