@@ -52,41 +52,39 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def agree(self, reason: str | None, failed: bool = False) -> str | None:
+    def agree(self, reason: str | None, failure: Exception | None = None) -> str | None:
         """Data-parallel ranks stop together: any rank's reason stops all (one tiny all-reduce a step).
-        A rank that `failed` ends the others with PeerFailed, before they meet its lost connection."""
+        A rank's `failure` is raised there once every rank knows of it; the others stop with PeerFailed
+        naming the first rank that failed, before they meet its lost connection."""
+        failed = failure is not None
         if not self.distributed:
+            if failed:
+                raise failure
             return reason
         flag = torch.tensor([2.0 if failed else 1.0 if reason else 0.0, -(self.rank if failed else self.world_size)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # the strongest reason, and the first rank that failed
-        most, first_failed = flag[0].item(), -int(flag[1].item())
-        if most == 2 and not failed:
-            raise self.peer_failed(first_failed)
+        most, first_failed = flag.tolist()
+        if failed:
+            raise failure
+        if most == 2:
+            raise self.peer_failed(-int(first_failed))
         return reason or ("another rank stopped" if most else None)
 
     def peer_failed(self, rank: int) -> PeerFailed:
         node, host = self.machines[rank]
         return PeerFailed(rank, host, here=node == self.machines[self.rank][0])
 
-    def each(self, work):
-        """work() on every rank, then a word between them: where it raised, the error is raised again;
-        the other ranks stop with PeerFailed naming the first such rank, not on a lost peer at their
-        next collective."""
-        if not self.distributed:
-            return work()
-        result = failure = None
-        try:
-            result = work()
-        except Exception as error:
-            failure = error
-        self.agree(None, failed=failure is not None)
-        if failure is not None:
-            raise failure
-        return result
-
     def main_alone(self, work):
-        """As `each`, with work() on rank 0 alone (writing the run folder): None on the other ranks."""
-        return self.each(work if self.is_main else lambda: None)
+        """work() on rank 0 alone (writing the run folder), the other ranks waiting for it; if it raises,
+        `agree` raises it there and stops the others. Returns what work() returned, None on the others."""
+        result = failure = None
+        if self.is_main:
+            try:
+                result = work()
+            except Exception as error:
+                failure = error
+        self.agree(None, failure)
+        return result
 
     def describe(self) -> str:
         where = f"{self.device}" + (f", rank {self.rank} of {self.world_size}" if self.distributed else "")
@@ -245,8 +243,8 @@ def setup(cfg: TrainConfig, device: str | None = None) -> Runtime:
         importlib.import_module("torch._dynamo")
         # On GPUs, NCCL carries CUDA tensors (DDP's gradients) and Gloo the CPU ones (loss sums, stop flag)
         dist.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo")
-    machines = [None] * world_size
-    if world_size > 1:  # to say which machine's log explains a failed rank
+    machines = [None] * world_size if world_size > 1 else []
+    if machines:  # to say which machine's log explains a failed rank
         dist.all_gather_object(machines, (int(os.environ.get("GROUP_RANK", "0")), socket.gethostname()))
     torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
     dtype, reason = choose_precision(cfg.precision, dev)

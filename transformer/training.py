@@ -196,12 +196,8 @@ def loop(ctx: Context, state: TrainState) -> None:
                     save_checkpoint(ctx, state)
                     last_save = time.perf_counter()
             except Exception as error:  # a full disk, say: the other ranks stop with it, not on a lost peer
-                if not rt.distributed:
-                    raise
                 failure = error
-            reason = rt.agree(reason, failed=failure is not None)
-            if failure is not None:
-                raise failure
+            reason = rt.agree(reason, failure)
             if reason:
                 break
         else:
@@ -377,20 +373,18 @@ def _prepare(config: Config, rt: runtime.Runtime) -> Prepared:
     if not rt.distributed:
         return prepare(config)
     waiting = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=12))
-
-    def after_the_first_of_the_machine():
-        if rt.local_rank != 0:
-            dist.barrier(group=waiting)
-        try:
-            return prepare(config)
-        finally:  # a failed preparation too: the others then meet its error, not a lost peer
-            if rt.local_rank == 0:
-                dist.barrier(group=waiting)
-
-    try:  # a machine without the data stops every rank, each machine with one line
-        return rt.each(after_the_first_of_the_machine)
-    finally:
-        dist.destroy_process_group(waiting)
+    prepared = failure = None
+    if rt.local_rank != 0:
+        dist.barrier(group=waiting)
+    try:
+        prepared = prepare(config)
+    except Exception as error:  # the others on this machine then meet the same error, not a lost peer
+        failure = error
+    if rt.local_rank == 0:
+        dist.barrier(group=waiting)
+    dist.destroy_process_group(waiting)
+    rt.agree(None, failure)  # a machine without the data stops every rank, each machine with one line
+    return prepared
 
 
 COMPATIBLE = ("model", "tokenizer")
