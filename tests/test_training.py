@@ -395,11 +395,14 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
     """))
     common = ["--config", "configs/tiny.yaml",
               *tiny_overrides(small_corpus, "train.max_steps=8", "train.threads=1", "train.max_bad_steps=3")]
+    temp = tmp_path / "temp"  # torchrun's empty log folders, one a run, must not pile up there
+    temp.mkdir()
+    env = {**_env(tmp_path), "TMPDIR": str(temp)}
     ended = {}
     for kind in ("full", "bug", "nan"):
         ended[kind] = subprocess.run([sys.executable, "-m", "scripts.torchrun", "--standalone", "--nproc_per_node=2",
                                       str(script), kind, "--run-dir", str(tmp_path / kind), *common],
-                                     cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+                                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     full, bug = ended["full"], ended["bug"]
     assert full.returncode == 2, full.stderr[-3000:]
     assert f"error: no space left on the disk of {tmp_path / 'full'}" in full.stderr
@@ -429,13 +432,14 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
                                           "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", str(script),
                                           kind if kind in ("full", "start") else "full", "--run-dir", str(run), *common,
                                           *([f"data.path={missing}"] if kind == "data" and machine else [])],
-                                         cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+                                         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
                         for machine in range(2)]
             logs = [(m.communicate(timeout=300)[1], m.returncode) for m in machines]
             assert [code for _, code in logs] == [2, 2] and not any("Traceback" in log for log, _ in logs), logs
             failed, other = sorted((log for log, _ in logs), key=lambda log: f"error: {said[kind]}" not in log)
             assert f"error: {said[kind]}" in failed, (kind, logs)
             assert re.search(stops, other) and other.count("error: ") == 1, (kind, logs)
+    assert not [path for path in temp.iterdir() if path.name.startswith(("torchelastic_", "torchrun-"))]
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:
