@@ -1,7 +1,7 @@
 """Data at the paper's scale (`make bench-scale`): a synthetic corpus of N pairs, prepared from scratch,
 started from its cache, trained to step 100 by one process and by two.
 
-    python -m scripts.bench_scale [--pairs 4500000] [--config configs/multi30k.yaml] [--json FILE]
+    python -m scripts.bench_scale [--pairs 4500000] [--config configs/multi30k.yaml] [--max-tokens N] [--json FILE]
 
 The corpus comes from ../shared/tools/make_scale_corpus.py (Multi30k recombined; 4.5M pairs have
 about half the words of WMT14 en-de). Reported, as JSON plus a table: preparation time and peak
@@ -9,7 +9,10 @@ resident memory from scratch; seconds from `make train` to its first step from t
 memory of each training process at step 100 on Multi30k and on the corpus, with one process and
 with NPROC=2, as RSS and as PSS (pages shared by processes split between them: a memory-mapped corpus
 and the libraries count once per machine), in all and by kind (the prepared data's mapped files, other
-files, private memory); batching time per epoch.
+files, private memory); batching time per epoch. One process's step holds the config's
+`train.max_tokens` a side, or --max-tokens. Every process holds a part that no step size changes
+(Python, torch, the model and Adam's state), so the larger the step, the nearer two processes that
+split it come to one.
 """
 import argparse
 import json
@@ -93,11 +96,12 @@ def ranks() -> list[int]:
     return sorted(found)
 
 
-def train_100(config: str, corpus: Path, nproc: int, split: bool, run_dir: Path, env: dict, cache: Path) -> dict:
+def train_100(config: str, step_tokens: int, corpus: Path, nproc: int, split: bool, run_dir: Path, env: dict,
+              cache: Path) -> dict:
     """`make train` to step 100: seconds to its first step, and each process's memory at step 100."""
-    max_tokens = load_config(config).train.max_tokens // (nproc if split else 1)
-    args = (f"train.max_tokens={max_tokens} train.max_steps=100 train.log_every=1 train.valid_every=1000 "
-            "train.save_every=1000 train.valid_bleu=false decode.tune_length_penalties=[]")  # memory, not BLEU
+    args = (f"train.max_tokens={step_tokens // (nproc if split else 1)} train.max_steps=100 train.log_every=1 "
+            "train.valid_every=1000 train.save_every=1000 train.valid_bleu=false "
+            "decode.tune_length_penalties=[]")  # memory, not BLEU
     command = ["make", "-s", "train", f"CONFIG={config}", f"RUN={run_dir}", f"DATA={corpus}", f"NPROC={nproc}",
                f"ARGS={args}"]
     tic = time.perf_counter()
@@ -121,23 +125,26 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=4_500_000)
     parser.add_argument("--config", default="configs/multi30k.yaml")
+    parser.add_argument("--max-tokens", type=int, help="tokens a side in one process's step (default: the config's)")
     parser.add_argument("--work", default="runs/bench-scale", help="corpus and runs; the corpus is kept for reuse")
     parser.add_argument("--json", default="runs/bench_scale.json")
     args = parser.parse_args(argv)
     multi30k = find_corpus(load_config(args.config).data)
     work = Path(args.work).resolve()
     corpus = make_corpus(multi30k, work / f"corpus-{args.pairs}", args.pairs)
-    report = {"machine": machine(), "pairs": args.pairs, "config": args.config}
+    step_tokens = args.max_tokens or load_config(args.config).train.max_tokens
+    report = {"machine": machine(), "pairs": args.pairs, "config": args.config, "max_tokens": step_tokens}
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         env = {**os.environ, "TRANSFORMER_CACHE": f"{scratch}/cache", "HF_DATASETS_CACHE": f"{scratch}/hf"}
         print(f"preparing {args.pairs:,} pairs from scratch", file=sys.stderr)
         report["preparation"] = preparation(args.config, corpus, env)
-        report["batching_s_per_epoch"] = batching(load_config(args.config, [f"data.path={corpus}"]), env)
+        on_corpus = load_config(args.config, [f"data.path={corpus}", f"train.max_tokens={step_tokens}"])
+        report["batching_s_per_epoch"] = batching(on_corpus, env)
         for name, (nproc, split) in RUNS.items():
             data = corpus if name.startswith("corpus") else multi30k
             print(f"training to step 100: {name}", file=sys.stderr)
-            report[name] = train_100(args.config, data, nproc, split, Path(scratch) / f"run-{name}", env,
-                                    Path(scratch))
+            report[name] = train_100(args.config, step_tokens, data, nproc, split, Path(scratch) / f"run-{name}",
+                                     env, Path(scratch))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(table(report) + f"\n\n(full report: {args.json})")
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
 def table(r: dict) -> str:
     m, prep = r["machine"], r["preparation"]
     lines = [f"machine      {m['cpu']} | {m['cores']} cores | torch {m['torch']}",
-             f"corpus       {r['pairs']:,} synthetic pairs",
+             f"corpus       {r['pairs']:,} synthetic pairs, {r['max_tokens']:,} tokens a side in one process's step",
              f"preparation  {prep['seconds']} s from scratch | peak RSS {prep['peak_rss_gib']} GiB",
              f"from cache   first training step {r['corpus']['first_step_s']} s after `make train`",
              f"batching     {r['batching_s_per_epoch']} s an epoch (a thread, while the epoch before trains)",
