@@ -357,7 +357,8 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_cor
     subprocess.run([sys.executable, "-m", "scripts.train", "--run-dir", str(tmp_path / "one"), *common,
                     "train.accumulate=2"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "scripts.train", "--run-dir", str(tmp_path / "two"), *common, "train.threads=1"],
+                          f"--log-dir={tmp_path / 'torchrun'}", "-m", "scripts.train", "--run-dir",
+                          str(tmp_path / "two"), *common, "train.threads=1"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = checkpoint.load(tmp_path / "one" / "checkpoints" / "step_0000004.pt")["model"]
