@@ -381,7 +381,7 @@ def test_sentences_round_trip_through_their_files(tmp_path):
     from transformer.indexed import Sentences, SentenceWriter, id_dtype
 
     assert id_dtype(8000) == np.uint16 and id_dtype(1 << 16) == np.uint16 and id_dtype(100_000) == np.int32
-    for dtype, chunks in ((np.uint16, [[[5, 6, 7], [], [65535]], [[9]]]), (np.int32, [[[70_000, 1]]])):
+    for dtype, chunks in ((np.uint16, [[[5, 6, 7], [], [65535]], [[9]]]), (np.int32, [[[70_000, 1]], [[2] * 255]])):
         writer = SentenceWriter(tmp_path / dtype.__name__, np.dtype(dtype))
         for chunk in chunks:
             writer.add(chunk)
@@ -389,7 +389,7 @@ def test_sentences_round_trip_through_their_files(tmp_path):
         read = Sentences.open(tmp_path / dtype.__name__, np.dtype(dtype))
         expected = [s for chunk in chunks for s in chunk]
         assert [read[i].tolist() for i in range(len(read))] == expected
-        assert read.lengths.tolist() == [len(s) for s in expected]
+        assert (read.lengths + 1).tolist() == [len(s) + 1 for s in expected]  # + </s> does not overflow
 
 
 def test_the_wmt14_config_reads_the_hub_layout_of_wmt_wmt14(small_corpus, tmp_path, monkeypatch, cache_dir):

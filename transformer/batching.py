@@ -7,7 +7,6 @@ so the budget is what the device really holds.
 """
 from __future__ import annotations
 
-import array
 import random
 from dataclasses import dataclass
 
@@ -64,24 +63,25 @@ def make_batches(src_lens, tgt_lens, max_tokens: int, seed: int | None = None) -
     arrays (or lists): the sort and each batch's extent are vectorized, so a corpus of millions of
     pairs is batched in seconds.
     """
-    # 32-bit lengths and indices: half the memory to write and read of 64-bit ones, on millions of pairs
-    src = np.asarray(src_lens, dtype=np.int32) + 1  # + </s>
-    tgt = np.asarray(tgt_lens, dtype=np.int32) + 1  # + <s> in the input, + </s> in the output
+    src, tgt = np.asarray(src_lens), np.asarray(tgt_lens)
+    # On millions of pairs every array here is large, and the allocator keeps what the batching frees:
+    # lengths in the smallest type that holds them (uint8 up to 254 tokens), 32-bit indices, and no
+    # temporary kept longer than its use.
+    small = np.min_scalar_type(int(max(src.max(initial=0), tgt.max(initial=0))) + 1)
+    src = src.astype(small) + 1  # + </s>
+    tgt = tgt.astype(small) + 1  # + <s> in the input, + </s> in the output
+    order = np.arange(len(src), dtype=np.int32)
     rng = random.Random(seed)
-    if seed is None:
-        order = np.arange(len(src), dtype=np.int32)
-    else:
-        # Random tie-breaking for the stable sort below. Shuffling an array of machine integers makes
-        # the same swaps as shuffling a list, ~1.5x faster, and numpy reads it without a copy.
-        order = array.array("i", range(len(src)))
-        rng.shuffle(order)
-        order = np.frombuffer(order, dtype=np.int32)
+    if seed is not None:  # random tie-breaking for the stable sort below; a memoryview shuffles in place
+        rng.shuffle(memoryview(order))
     # Stable sort by source length, then target length, as one key: a 16-bit key (max_len up to 254)
     # takes numpy's radix sort, ~3x faster than a lexsort of the two on 4.5M pairs; same order.
     width = int(tgt.max(initial=0)) + 1
-    dtype = np.uint16 if (int(src.max(initial=0)) + 1) * width <= 2**16 else np.int64
-    key = src[order].astype(dtype) * width + tgt[order].astype(dtype)
+    key = src[order].astype(np.uint16 if (int(src.max(initial=0)) + 1) * width <= 2**16 else np.int64)
+    key *= width
+    key += tgt[order]
     order = order[np.argsort(key, kind="stable")]
+    del key
     s, t = src[order], tgt[order]
     too_long = np.flatnonzero(np.maximum(s, t) > max_tokens)
     if too_long.size:
@@ -104,13 +104,16 @@ def make_batches(src_lens, tgt_lens, max_tokens: int, seed: int | None = None) -
 
 def padding_fraction(batches: list[np.ndarray], src_lens, tgt_lens) -> float:
     """Share of padding among all source and target positions of these batches."""
-    src, tgt = np.asarray(src_lens) + 1, np.asarray(tgt_lens) + 1
     sizes = np.array([len(b) for b in batches])
     starts = np.cumsum(sizes) - sizes
     order = np.concatenate(batches)
-    s, t = src[order], tgt[order]
-    padded = sizes * (np.maximum.reduceat(s, starts) + np.maximum.reduceat(t, starts))  # (batches,)
-    return 1 - (int(s.sum()) + int(t.sum())) / int(padded.sum())
+    real = padded = 0
+    for lengths in (src_lens, tgt_lens):  # one side at a time: on millions of pairs each copy is large
+        side = np.asarray(lengths)[order]
+        side += 1  # + </s> / <s>
+        real += int(side.sum())
+        padded += int((sizes * np.maximum.reduceat(side, starts)).sum())  # (batches,)
+    return 1 - real / padded
 
 
 def shard(batches: list[np.ndarray], world_size: int) -> list[np.ndarray]:
