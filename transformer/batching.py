@@ -68,8 +68,9 @@ def make_batches(src_lens, tgt_lens, max_tokens: int, seed: int | None = None) -
     # lengths in the smallest type that holds them (uint8 up to 254 tokens), 32-bit indices, and no
     # temporary kept longer than its use.
     small = np.min_scalar_type(int(max(src.max(initial=0), tgt.max(initial=0))) + 1)
-    src = src.astype(small) + 1  # + </s>
-    tgt = tgt.astype(small) + 1  # + <s> in the input, + </s> in the output
+    src, tgt = src.astype(small), tgt.astype(small)
+    src += 1  # + </s>
+    tgt += 1  # + <s> in the input, + </s> in the output
     order = np.arange(len(src), dtype=np.int32)
     rng = random.Random(seed)
     if seed is not None:  # random tie-breaking for the stable sort below; a memoryview shuffles in place
@@ -110,9 +111,8 @@ def padding_fraction(batches: list[np.ndarray], src_lens, tgt_lens) -> float:
     real = padded = 0
     for lengths in (src_lens, tgt_lens):  # one side at a time: on millions of pairs each copy is large
         side = np.asarray(lengths)[order]
-        side += 1  # + </s> / <s>
-        real += int(side.sum())
-        padded += int((sizes * np.maximum.reduceat(side, starts)).sum())  # (batches,)
+        real += int(side.sum()) + len(order)  # + </s> / <s> each
+        padded += int((sizes * (np.maximum.reduceat(side, starts).astype(np.int64) + 1)).sum())  # (batches,)
     return 1 - real / padded
 
 
