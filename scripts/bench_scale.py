@@ -173,8 +173,12 @@ def table(r: dict) -> str:
     one, added = r["corpus"], r["corpus"]["rss_gib"] - r["multi30k"]["rss_gib"]
     ratio = lambda t, kind="": (f"{t[kind + 'rss_gib'] / one[kind + 'rss_gib']:.2f}x one (RSS), "
                                 f"{t[kind + 'pss_gib'] / one[kind + 'pss_gib']:.2f}x (PSS)")
-    lines += ["", f"the corpus adds {added:+.2f} GiB RSS to a process; two processes on it hold "
-                  f"{ratio(r['corpus_nproc2'])};",
+    # what the corpus costs, against the same processes on Multi30k: held once, it costs two as much as one
+    cost = lambda name: r[name]["pss_gib"] - r[name.replace("corpus", "multi30k")]["pss_gib"]
+    lines += ["", f"the corpus adds {added:+.2f} GiB RSS to a process; it adds {cost('corpus'):+.2f} GiB PSS to one "
+                  f"process and {cost('corpus_nproc2'):+.2f} to two together "
+                  f"({cost('corpus_nproc2') / cost('corpus'):.2f}x);",
+              f"two processes on it hold {ratio(r['corpus_nproc2'])};",
               f"two sharing one process's step (train.max_tokens / 2 each) hold {ratio(r['corpus_nproc2_split'])}:",
               f"  of the prepared data's pages {ratio(r['corpus_nproc2_split'], 'data_')}, of private memory "
               f"{ratio(r['corpus_nproc2_split'], 'private_')}"]
