@@ -51,20 +51,18 @@ class SentenceWriter:
         # every sentence's length until `close`: in the smallest type that holds a chunk's (one byte a
         # sentence below 256 tokens), since on tens of millions of sentences 64-bit ones take GBs
         self.lengths: list[np.ndarray] = []
-        self.total = 0  # ids written
 
     def add(self, sentences: list[list[int]]) -> None:
         lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
         flat = np.fromiter(chain.from_iterable(sentences), self.dtype, int(lengths.sum()))
         self.file.write(flat.tobytes())
         self.lengths.append(lengths.astype(np.min_scalar_type(int(lengths.max(initial=0)))))
-        self.total += len(flat)
 
     def close(self) -> None:
         self.file.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.uint8)
         self.lengths = []
         # in the smallest type that holds them (uint32 up to 4G ids): every rank maps all of them
-        offsets = np.zeros(len(lengths) + 1, np.min_scalar_type(self.total))
+        offsets = np.zeros(len(lengths) + 1, np.min_scalar_type(int(lengths.sum())))  # numpy sums into 64 bits
         np.cumsum(lengths, dtype=offsets.dtype, out=offsets[1:])
         np.save(f"{self.prefix}.idx.npy", offsets)
