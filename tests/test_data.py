@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import write_corpus
 from transformer import data as data_module
-from transformer.batching import collate, make_batches, padding_fraction, shard
+from transformer.batching import _counting_sort, collate, make_batches, padding_fraction, shard
 from transformer.config import ConfigError, load_config
 from transformer.data import DataError, prepare, read_split
 from transformer.tokenizer import BOS, EOS, PAD, Tokenizer
@@ -139,6 +139,16 @@ def test_vectorized_batches_equal_the_plain_algorithm(prepared):
             for seed in (None, 1, 7):
                 batches = make_batches(*lengths, budget, seed=seed)
                 assert [b.tolist() for b in batches] == reference_batches(*lengths, budget, seed)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000, 1 << 20])
+def test_the_chunked_counting_sort_equals_a_stable_argsort(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    for high in (3, 255, 70_000):
+        lengths = torch.randint(0, high, (3001,), generator=g).numpy()
+        order = torch.randperm(3001, generator=g).numpy().astype(np.int32)
+        expected = order[np.argsort(lengths[order], kind="stable")]
+        assert np.array_equal(_counting_sort(order, lengths, chunk), expected)
 
 
 def test_a_pair_over_the_budget_is_a_config_error():
