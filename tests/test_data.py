@@ -151,6 +151,15 @@ def test_the_chunked_counting_sort_equals_a_stable_argsort(chunk):
         assert np.array_equal(_counting_sort(order, lengths, chunk), expected)
 
 
+def test_padding_fraction_over_many_batches_equals_counting_each_batch():
+    g = torch.Generator().manual_seed(0)
+    src, tgt = (torch.randint(1, 80, (30_000,), generator=g).numpy().astype(np.uint8) for _ in range(2))
+    batches = np.split(torch.randperm(30_000, generator=g).numpy(), np.arange(2, 30_000, 2))  # 15,000 pairs of pairs
+    real = sum(int(src[b].sum() + tgt[b].sum()) + 2 * len(b) for b in batches)
+    padded = sum(len(b) * (int(src[b].max()) + int(tgt[b].max()) + 2) for b in batches)
+    assert padding_fraction(batches, src, tgt) == pytest.approx(1 - real / padded)
+
+
 def test_a_pair_over_the_budget_is_a_config_error():
     with pytest.raises(ConfigError, match="max_tokens=10"):
         make_batches([3, 12, 4], [3, 4, 5], 10)
@@ -400,6 +409,17 @@ def test_sentences_round_trip_through_their_files(tmp_path):
         expected = [s for chunk in chunks for s in chunk]
         assert [read[i].tolist() for i in range(len(read))] == expected
         assert (read.lengths + 1).tolist() == [len(s) + 1 for s in expected]  # + </s> does not overflow
+
+
+def test_sentence_lengths_read_over_many_chunks_equal_the_offsets_differences():
+    from transformer.indexed import Sentences
+
+    for longest in (254, 255, 70_000):  # the last length that keeps uint8 with </s>, then wider types
+        lengths = torch.randint(0, 100, (2_500_001,), generator=torch.Generator().manual_seed(longest)).numpy()
+        lengths[1_234_567] = longest
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.uint32)
+        read = Sentences(np.zeros(int(offsets[-1]), np.uint16), offsets).lengths
+        assert np.array_equal(read, lengths) and read.dtype == np.min_scalar_type(longest + 1)
 
 
 def test_the_wmt14_config_reads_the_hub_layout_of_wmt_wmt14(small_corpus, tmp_path, monkeypatch, cache_dir):

@@ -65,19 +65,18 @@ def make_batches(src_lens, tgt_lens, max_tokens: int, seed: int | None = None) -
     """
     src, tgt = np.asarray(src_lens), np.asarray(tgt_lens)
     # On millions of pairs every array here is large, and the allocator keeps what the batching frees:
-    # lengths in the smallest type that holds them (uint8 up to 254 tokens), 32-bit indices, and no
+    # 32-bit indices, lengths in the smallest type that holds them (uint8 up to 254 tokens), and no
     # temporary of the corpus's size longer than its use.
-    small = np.min_scalar_type(int(max(src.max(initial=0), tgt.max(initial=0))) + 1)
-    src, tgt = src.astype(small), tgt.astype(small)
-    src += 1  # + </s>
-    tgt += 1  # + <s> in the input, + </s> in the output
     order = np.arange(len(src), dtype=np.int32)
     rng = random.Random(seed)
     if seed is not None:  # random tie-breaking for the stable sorts below; a memoryview shuffles in place
         rng.shuffle(memoryview(order))
     for lengths in (tgt, src):  # stable sorts by the minor key, then the major: sorted by (source, target)
         order = _counting_sort(order, lengths)
-    s, t = src[order], tgt[order]
+    small = np.min_scalar_type(int(max(src.max(initial=0), tgt.max(initial=0))) + 1)
+    s, t = src[order].astype(small, copy=False), tgt[order].astype(small, copy=False)  # (pairs,) sorted
+    s += 1  # + </s>
+    t += 1  # + <s> in the input, + </s> in the output
     too_long = np.flatnonzero(np.maximum(s, t) > max_tokens)
     if too_long.size:
         i = too_long[0]
@@ -118,14 +117,16 @@ def _counting_sort(order: np.ndarray, lengths: np.ndarray, chunk: int = 1 << 20)
 
 def padding_fraction(batches: list[np.ndarray], src_lens, tgt_lens) -> float:
     """Share of padding among all source and target positions of these batches."""
-    sizes = np.array([len(b) for b in batches])
-    starts = np.cumsum(sizes) - sizes
-    order = np.concatenate(batches)
+    src, tgt = np.asarray(src_lens), np.asarray(tgt_lens)
     real = padded = 0
-    for lengths in (src_lens, tgt_lens):  # one side at a time: on millions of pairs each copy is large
-        side = np.asarray(lengths)[order]
-        real += int(side.sum()) + len(order)  # + </s> / <s> each
-        padded += int((sizes * (np.maximum.reduceat(side, starts).astype(np.int64) + 1)).sum())  # (batches,)
+    for a in range(0, len(batches), 10_000):  # all at once, the copies below are the corpus's size
+        part = batches[a : a + 10_000]
+        sizes = np.array([len(b) for b in part])
+        starts = np.cumsum(sizes) - sizes
+        order = np.concatenate(part)
+        for side in (src[order], tgt[order]):
+            real += int(side.sum()) + len(order)  # + </s> / <s> each
+            padded += int((sizes * (np.maximum.reduceat(side, starts).astype(np.int64) + 1)).sum())  # (batches,)
     return 1 - real / padded
 
 

@@ -22,10 +22,15 @@ class Sentences:
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray):
         self.ids, self.offsets = ids, offsets  # (total ids,), (sentences + 1,)
-        lengths = np.subtract(offsets[1:], offsets[:-1], out=np.empty(len(offsets) - 1, np.int32), casting="unsafe")
         # (sentences,): read once and kept in memory, in the smallest type that holds every length + 1
-        # (</s>): uint8 up to 254 tokens, a quarter of int32's memory on millions of sentences
-        self.lengths = lengths.astype(np.min_scalar_type(int(lengths.max(initial=0)) + 1))
+        # (</s>): uint8 up to 254 tokens. A chunk at a time: on tens of millions of sentences the
+        # difference of all the offsets at once is hundreds of MB that the allocator would keep.
+        n = len(offsets) - 1
+        chunks = [(a, min(a + (1 << 20), n)) for a in range(0, n, 1 << 20)]
+        longest = max((int(np.diff(offsets[a : b + 1]).max()) for a, b in chunks), default=0)
+        self.lengths = np.empty(n, np.min_scalar_type(longest + 1))
+        for a, b in chunks:
+            np.subtract(offsets[a + 1 : b + 1], offsets[a:b], out=self.lengths[a:b], casting="unsafe")
 
     @classmethod
     def open(cls, prefix: Path, dtype: np.dtype) -> Sentences:
