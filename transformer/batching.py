@@ -97,8 +97,8 @@ def make_batches(src_lens, tgt_lens, max_tokens: int, seed: int | None = None) -
 
 
 def _counting_sort(order: np.ndarray, lengths: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """`order` stably sorted by `lengths[order]`, a chunk at a time: numpy's argsort would make 64-bit
-    indices and a buffer of the corpus's size (576 MB on 36M pairs) where this needs the output only."""
+    """`order`, a permutation of every pair, stably sorted by `lengths[order]`, a chunk at a time: numpy's
+    argsort would make 64-bit indices and a buffer of the corpus's size (576 MB on 36M pairs)."""
     counts = np.zeros(int(lengths.max(initial=0)) + 1, np.int64)  # (L,) pairs of each length
     for a in range(0, len(lengths), chunk):
         counts += np.bincount(lengths[a : a + chunk], minlength=len(counts))
@@ -119,7 +119,7 @@ def padding_fraction(batches: list[np.ndarray], src_lens, tgt_lens) -> float:
     """Share of padding among all source and target positions of these batches."""
     src, tgt = np.asarray(src_lens), np.asarray(tgt_lens)
     real = padded = 0
-    for a in range(0, len(batches), 10_000):  # a slice at a time: for all at once, each copy is the corpus's size
+    for a in range(0, len(batches), 10_000):  # all at once, each copy below is the corpus's size
         part = batches[a : a + 10_000]
         sizes = np.array([len(b) for b in part])
         starts = np.cumsum(sizes) - sizes
