@@ -351,14 +351,15 @@ def test_a_live_training_locks_its_run_folder_and_a_killed_one_releases_it(small
 
 
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(small_corpus, tmp_path):
+    # two micro-batches a rank: the first's gradients stay local (no_sync), the second's all-reduce both
     common = ["--config", "configs/tiny.yaml", "--data", str(small_corpus), "train.max_steps=4",
               "train.valid_bleu=false", "model.dropout=0", "train.max_tokens=400"]
     env = _env(tmp_path)
     subprocess.run([sys.executable, "-m", "scripts.train", "--run-dir", str(tmp_path / "one"), *common,
-                    "train.accumulate=2"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+                    "train.accumulate=4"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           f"--log-dir={tmp_path / 'torchrun'}", "-m", "scripts.train", "--run-dir",
-                          str(tmp_path / "two"), *common, "train.threads=1"],
+                          str(tmp_path / "two"), *common, "train.threads=1", "train.accumulate=2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = checkpoint.load(tmp_path / "one" / "checkpoints" / "step_0000004.pt")["model"]
