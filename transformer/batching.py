@@ -119,7 +119,7 @@ def padding_fraction(batches: list[np.ndarray], src_lens, tgt_lens) -> float:
     """Share of padding among all source and target positions of these batches."""
     src, tgt = np.asarray(src_lens), np.asarray(tgt_lens)
     real = padded = 0
-    for a in range(0, len(batches), 10_000):  # all at once, each copy below is the corpus's size
+    for a in range(0, len(batches), 10_000):  # over every batch at once, each copy below would be the corpus's size
         part = batches[a : a + 10_000]
         sizes = np.array([len(b) for b in part])
         starts = np.cumsum(sizes) - sizes
