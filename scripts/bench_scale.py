@@ -35,6 +35,8 @@ TOOL = ROOT.parent / "shared" / "tools" / "make_scale_corpus.py"
 # name: processes, and whether they split one process's batch (train.max_tokens / 2: the same step)
 RUNS = {"multi30k": (1, False), "corpus": (1, False), "multi30k_nproc2": (2, False), "corpus_nproc2": (2, False),
         "corpus_nproc2_split": (2, True)}
+# the run log's lines on the way to the first step, to tell which part of a slow start was slow
+START = {"runtime": "runtime:", "data": "data:", "model": "new run ", "batches": "batches:", "step 1": "step 1 |"}
 PREPARE = ("import json, resource, sys; from transformer.config import load_config; from transformer.data import "
            "prepare; prepare(load_config(sys.argv[1], sys.argv[2:])); "
            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")
@@ -105,13 +107,16 @@ def train_100(config: str, step_tokens: int, corpus: Path, nproc: int, split: bo
     command = ["make", "-s", "train", f"CONFIG={config}", f"RUN={run_dir}", f"DATA={corpus}", f"NPROC={nproc}",
                f"ARGS={args}"]
     tic = time.perf_counter()
-    result, lines = {}, []
+    result, lines, start = {}, [], {}
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process:
         for line in process.stdout:
             lines.append(line)
+            for name, mark in START.items():
+                if mark in line and name not in start:
+                    start[name] = round(time.perf_counter() - tic, 1)
             if "step 1 |" in line and "first_step_s" not in result:
-                result["first_step_s"] = round(time.perf_counter() - tic, 1)
+                result["first_step_s"], result["start_s"] = start["step 1"], start
             if "step 100 |" in line:
                 result["processes"] = [memory(pid, cache) for pid in ranks()]
     if process.returncode or "processes" not in result:
@@ -157,7 +162,8 @@ def table(r: dict) -> str:
     lines = [f"machine      {m['cpu']} | {m['cores']} cores | torch {m['torch']}",
              f"corpus       {r['pairs']:,} synthetic pairs, {r['max_tokens']:,} tokens a side in one process's step",
              f"preparation  {prep['seconds']} s from scratch | peak RSS {prep['peak_rss_gib']} GiB",
-             f"from cache   first training step {r['corpus']['first_step_s']} s after `make train`",
+             f"from cache   first training step {r['corpus']['first_step_s']} s after `make train` (log lines at "
+             + ", ".join(f"{name} {s} s" for name, s in r["corpus"]["start_s"].items()) + ")",
              f"batching     {r['batching_s_per_epoch']} s an epoch (a thread, while the epoch before trains)",
              "", "at step 100         processes  first step   RSS GiB (each)             PSS GiB (each)"]
     each = lambda t, key: "(" + " + ".join(f"{p[key]:.2f}" for p in t["processes"]) + ")"
