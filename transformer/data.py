@@ -179,7 +179,7 @@ def read_split(cfg: DataConfig, split: str, corpus: str | Path | None = None) ->
     if not src:
         raise DataError(f"the {split} split of {corpus} holds no pair with text on both sides")
     if dropped:
-        log.info(f"{split}: dropped {dropped} pairs with an empty side")
+        log.info(f"{split}: dropped {_pairs(dropped)} with an empty side")
     return ParallelText(src, tgt)
 
 
@@ -396,11 +396,15 @@ def _build_cache(config: Config, corpus: str | Path, folder: Path) -> None:
     for i in cut:
         valid.src[i], valid.tgt[i] = valid.src[i][: cfg.max_len - 1], valid.tgt[i][: cfg.max_len - 1]
     if cut:
-        log.info(f"valid: cut {len(cut)} pairs to data.max_len={cfg.max_len} tokens for loss and decoding")
+        log.info(f"valid: cut {_pairs(len(cut))} to data.max_len={cfg.max_len} tokens for loss and decoding")
     (folder / "tokenizer.json").write_text(tokenizer.to_str())
     (folder / "valid.json").write_text(json.dumps(dataclasses.asdict(valid)))
     meta = {"version": CACHE_VERSION, "dtype": dtype.name, "train_pairs": pairs, "valid_pairs": len(valid)}
     (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _pairs(n: int) -> str:
+    return f"{n:,} pair" + ("" if n == 1 else "s")
 
 
 def _encode_train(table, tokenizer: Tokenizer, cfg: DataConfig, folder: Path, dtype: np.dtype) -> int:
@@ -422,9 +426,9 @@ def _encode_train(table, tokenizer: Tokenizer, cfg: DataConfig, folder: Path, dt
     src_out.close()
     tgt_out.close()
     if empty:
-        log.info(f"{cfg.train_split}: dropped {empty} pairs with an empty side")
+        log.info(f"{cfg.train_split}: dropped {_pairs(empty)} with an empty side")
     if long:
-        log.info(f"{cfg.train_split}: dropped {long} pairs longer than data.max_len={cfg.max_len} tokens")
+        log.info(f"{cfg.train_split}: dropped {_pairs(long)} longer than data.max_len={cfg.max_len} tokens")
     return kept
 
 
