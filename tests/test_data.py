@@ -231,10 +231,12 @@ def test_no_local_data_and_no_hub_fails_before_any_hub_download(tmp_path, monkey
     monkeypatch.setattr(datasets, "load_dataset", must_not_run)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
-    cfg = load_config(None, [f"data.local_dirs={tmp_path / 'a'},{tmp_path / 'b'}"]).data
+    cfg = load_config(None, [f"data.local_dirs={tmp_path / 'a'},{tmp_path / 'b'}", "data.src_lang=en",
+                             "data.tgt_lang=fr"]).data
     with pytest.raises(DataError) as error:
         read_split(cfg, "train")
     assert str(tmp_path / "a") in str(error.value) and "DATA=" in str(error.value)
+    assert "train.en[.gz] and train.fr[.gz]" in str(error.value)  # the config's files, whatever the corpus
 
 
 def test_hub_probe_gives_up_without_waiting_for_a_hanging_connection(monkeypatch):

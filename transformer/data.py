@@ -113,7 +113,8 @@ def find_corpus(cfg: DataConfig) -> str | Path:
     raise DataError(
         f"no corpus found: tried local folders {', '.join(tried) or '(none)'}"
         + (f" and the hub dataset {cfg.hub_id} (hub unreachable, not in the local cache)" if cfg.hub_id else "")
-        + ". Fix: make train DATA=/path/to/multi30k (a folder of train.de.gz, train.en.gz, ...)"
+        + f". Fix: make train DATA=/path/to/corpus, a folder of {cfg.train_split}.{cfg.src_lang}[.gz] and "
+        f"{cfg.train_split}.{cfg.tgt_lang}[.gz], the same for {cfg.valid_split} and {cfg.test_split}"
     )
 
 
