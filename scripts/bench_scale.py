@@ -115,12 +115,11 @@ def train_100(config: str, step_tokens: int, corpus: Path, nproc: int, split: bo
             for name, mark in START.items():
                 if mark in line and name not in start:
                     start[name] = round(time.perf_counter() - tic, 1)
-            if "step 1 |" in line and "first_step_s" not in result:
-                result["first_step_s"], result["start_s"] = start["step 1"], start
             if "step 100 |" in line:
                 result["processes"] = [memory(pid, cache) for pid in ranks()]
     if process.returncode or "processes" not in result:
         raise RuntimeError(f"{' '.join(command)} failed:\n{''.join(lines[-40:])}")
+    result |= {"first_step_s": start["step 1"], "start_s": start}
     for key in result["processes"][0]:
         result[f"{key}_gib"] = round(sum(p[key] for p in result["processes"]), 3)
     return result

@@ -94,11 +94,11 @@ def find_corpus(cfg: DataConfig) -> str | Path:
         if not folder.is_dir():
             problem = "is a file, not a folder" if folder.exists() else "does not exist"
             raise DataError(f"data folder {folder} {problem}; point DATA= (data.path) at a folder with "
-                            f"{cfg.train_split}.{cfg.src_lang}[.gz] and {cfg.train_split}.{cfg.tgt_lang}[.gz]")
+                            f"{_split_files(cfg, cfg.train_split)}")
         if _local_layout(folder, cfg.train_split, cfg) is None:
             raise DataError(f"data folder {folder} has no {cfg.train_split} split for {cfg.src_lang}-{cfg.tgt_lang}: "
-                            f"expected {cfg.train_split}.{cfg.src_lang}[.gz] + {cfg.train_split}.{cfg.tgt_lang}[.gz], "
-                            f"{cfg.train_split}.jsonl or {cfg.train_split}.tsv")
+                            f"expected {_split_files(cfg, cfg.train_split)}, {cfg.train_split}.jsonl or "
+                            f"{cfg.train_split}.tsv")
         return folder
     tried = []
     for candidate in cfg.local_dirs:
@@ -113,9 +113,13 @@ def find_corpus(cfg: DataConfig) -> str | Path:
     raise DataError(
         f"no corpus found: tried local folders {', '.join(tried) or '(none)'}"
         + (f" and the hub dataset {cfg.hub_id} (hub unreachable, not in the local cache)" if cfg.hub_id else "")
-        + f". Fix: make train DATA=/path/to/corpus, a folder of {cfg.train_split}.{cfg.src_lang}[.gz] and "
-        f"{cfg.train_split}.{cfg.tgt_lang}[.gz], the same for {cfg.valid_split} and {cfg.test_split}"
+        + f". Fix: make train DATA=/path/to/corpus, a folder of {_split_files(cfg, cfg.train_split)}, the same for "
+        f"{cfg.valid_split} and {cfg.test_split}"
     )
+
+
+def _split_files(cfg: DataConfig, split: str) -> str:
+    return f"{split}.{cfg.src_lang}[.gz] and {split}.{cfg.tgt_lang}[.gz]"
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
