@@ -25,7 +25,7 @@ from pathlib import Path
 
 from scripts.benchmark import machine
 from scripts.cli import run
-from transformer.batching import step_groups
+from transformer.batching import epoch_steps
 from transformer.config import load_config
 from transformer.data import find_corpus, prepare
 from transformer.errors import UserError
@@ -65,7 +65,7 @@ def batching(config, env: dict) -> float:
     """Seconds to batch one epoch of the prepared corpus."""
     train = prepare(config, env["TRANSFORMER_CACHE"]).train
     tic = time.perf_counter()
-    step_groups(train.src.lengths, train.tgt.lengths, config.train.max_tokens, seed=config.train.seed)
+    epoch_steps(train.src.lengths, train.tgt.lengths, config.train.max_tokens, seed=config.train.seed)
     return round(time.perf_counter() - tic, 1)
 
 

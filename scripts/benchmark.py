@@ -27,7 +27,7 @@ import torch
 
 from scripts.cli import add_config_arguments, load_config_arguments, run
 from transformer import checkpoint, runtime
-from transformer.batching import make_batches, padding_fraction, step_groups
+from transformer.batching import epoch_steps, make_batches, padding_fraction
 from transformer.data import DataError, prepare, read_split
 from transformer.export import CT2Translator, ExportError, export
 from transformer.metrics import bleu
@@ -105,7 +105,7 @@ def training_throughput(config, prepared, rt: runtime.Runtime, precision: str, s
     model = Transformer(config.model, prepared.tokenizer.vocab_size).to(rt.device)
     ctx = Context(config, rt, prepared, model, model, make_optimizer(model, config.train))
     src_lens, tgt_lens = prepared.train.src.lengths, prepared.train.tgt.lengths
-    groups = step_groups(src_lens, tgt_lens, config.train.max_tokens, config.train.seed,
+    groups = epoch_steps(src_lens, tgt_lens, config.train.max_tokens, config.train.seed,
                          accumulate=config.train.accumulate)
     tokens = 0
     for k, group in enumerate(groups[: warmup + steps]):
@@ -116,7 +116,7 @@ def training_throughput(config, prepared, rt: runtime.Runtime, precision: str, s
     seconds = time.perf_counter() - tic  # train_step ends reading the gradient norm: the device is done
     V = prepared.tokenizer.vocab_size
     flops = sum(3 * forward_flops(config.model, V, int(src_lens[i]) + 1, int(tgt_lens[i]) + 1)
-                for group in groups[warmup : warmup + steps] for batch in group for i in batch)
+                for group in groups[warmup : warmup + steps] for batch in group.batches for i in batch)
     gflops = flops / seconds / 1e9
     row = {"device": str(rt.device), "precision": rt.precision, "steps": steps, "tokens_per_s": round(tokens / seconds),
            "gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak, 3),

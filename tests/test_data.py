@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import write_corpus
 from transformer import data as data_module
-from transformer.batching import _counting_sort, collate, make_batches, padding_fraction, shard
+from transformer.batching import _counting_sort, collate, epoch_steps, make_batches, padding_fraction, shard
 from transformer.config import ConfigError, load_config
 from transformer.data import DataError, prepare, read_split
 from transformer.tokenizer import BOS, EOS, PAD, Tokenizer
@@ -190,6 +190,22 @@ def test_rank_shards_are_disjoint_cover_the_data_and_have_equal_steps(world):
     shards = [batches[r::world] for r in range(world)]
     assert len({len(s) for s in shards}) == 1
     seen = [i for s in shards for b in s for i in b]
+    assert sorted(seen) == list(range(301))
+
+
+@pytest.mark.parametrize("world, accumulate", [(2, 1), (3, 2)])
+def test_each_rank_holds_its_share_of_each_step_and_the_whole_steps_token_count(world, accumulate):
+    src, tgt = [(i * 7) % 23 + 1 for i in range(301)], [(i * 5) % 19 + 1 for i in range(301)]
+    ranks = [epoch_steps(src, tgt, 150, 0, world, accumulate, rank) for rank in range(world)]
+    assert len({len(steps) for steps in ranks}) == 1
+    seen = []
+    for shares in zip(*ranks, strict=True):  # one step, as each rank holds it
+        assert len({len(share.batches) for share in shares}) == 1 and len(shares[0].batches) <= accumulate
+        mine = [i for share in shares for batch in share.batches for i in batch]
+        assert {share.tgt_tokens for share in shares} == {sum(tgt[i] + 1 for i in mine)}  # + </s> each
+        # copies, not views: a view would keep the whole epoch's indices in every rank
+        assert all(batch.base is None for share in shares for batch in share.batches)
+        seen += mine
     assert sorted(seen) == list(range(301))
 
 

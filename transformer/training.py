@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import checkpoint, runtime
-from .batching import collate, make_batches, padding_fraction, step_groups
+from .batching import Step, collate, epoch_steps, make_batches, padding_fraction
 from .config import Config, TrainConfig, from_dict, save_config, to_plain
 from .data import Prepared, prepare
 from .errors import UserError, disk_full
@@ -150,26 +149,27 @@ def loop(ctx: Context, state: TrainState) -> None:
     # The next epoch's batches come from a thread while this epoch trains: on a large corpus the
     # shuffle takes seconds, which the first step of an epoch then does not wait for. The thread
     # starts after that first step: the shuffle holds the GIL, and the step beside it runs slower.
-    epoch_groups = lambda epoch: step_groups(src_lens, tgt_lens, cfg.max_tokens, cfg.seed + epoch, rt.world_size,
-                                             cfg.accumulate)
-    groups = epoch_groups(state.epoch)
-    if state.epoch_steps not in (0, len(groups)) or state.epoch_step >= len(groups):
-        _keep_the_epochs_fraction(state, len(groups), rt.is_main)
-    state.epoch_steps = len(groups)
+    steps_of = lambda epoch: epoch_steps(src_lens, tgt_lens, cfg.max_tokens, cfg.seed + epoch, rt.world_size,
+                                         cfg.accumulate, rt.rank)
+    steps = steps_of(state.epoch)
+    if state.epoch_steps not in (0, len(steps)) or state.epoch_step >= len(steps):
+        _keep_the_epochs_fraction(state, len(steps), rt.is_main)
+    state.epoch_steps = len(steps)
     if rt.is_main:
-        batches = [batch for group in groups for batch in group]
-        log.info(f"batches: {len(batches)} an epoch of at most {cfg.max_tokens} tokens a side, "
-                 f"{padding_fraction(batches, src_lens, tgt_lens):.1%} padding; {rt.world_size * cfg.accumulate} "
-                 f"per step")
+        mine = [batch for step in steps for batch in step.batches]  # every rank has as many
+        padding = f"{padding_fraction(mine, src_lens, tgt_lens):.1%} padding"
+        share = f", {len(mine)} a rank ({padding} on rank 0)" if rt.distributed else f", {padding}"
+        log.info(f"batches: {len(mine) * rt.world_size} an epoch of at most {cfg.max_tokens} tokens a side{share}; "
+                 f"{rt.world_size * cfg.accumulate} per step")
     batcher = ThreadPoolExecutor(1, thread_name_prefix="batches")
     reason = None
     while reason is None:
         epoch, upcoming = state.epoch, None
-        for group in groups[state.epoch_step :]:
+        for group in steps[state.epoch_step :]:
             tic = time.perf_counter()
             result = train_step(ctx, group, state.step + 1)
             state.epoch_step += 1
-            if state.epoch_step == len(groups):
+            if state.epoch_step == len(steps):
                 state.epoch, state.epoch_step = state.epoch + 1, 0
             if result.skipped:
                 bad_steps += 1
@@ -180,7 +180,7 @@ def loop(ctx: Context, state: TrainState) -> None:
                 state.tokens += result.tokens
             state.seconds = seconds_before + time.perf_counter() - session_start
             step_seconds = time.perf_counter() - tic
-            upcoming = upcoming or batcher.submit(epoch_groups, epoch + 1)
+            upcoming = upcoming or batcher.submit(steps_of, epoch + 1)
             reason = _stop_reason(cfg, state, ctx.stop, bad_steps)
             failure = None
             try:  # rank 0's work alone: the log, validation, checkpoints
@@ -201,7 +201,7 @@ def loop(ctx: Context, state: TrainState) -> None:
             if reason:
                 break
         else:
-            groups = upcoming.result()
+            steps = upcoming.result()
     batcher.shutdown(cancel_futures=True)
     if rt.is_main:
         log.info(f"stopped at step {state.step} ({reason}); {state.seconds / 60:.1f} min of training in {ctx.run_dir}")
@@ -242,12 +242,11 @@ def _keep_the_epochs_fraction(state: TrainState, steps: int, log_it: bool) -> No
                  f"{state.epoch + 1} goes on from step {state.epoch_step} of {steps}, the same fraction")
 
 
-def train_step(ctx: Context, group: list[np.ndarray], step: int) -> StepResult:
+def train_step(ctx: Context, group: Step, step: int) -> StepResult:
     """Optimizer step number `step` over this rank's micro-batches of `group`."""
     cfg, rt, train = ctx.config.train, ctx.rt, ctx.data.train
     ctx.net.train()
-    step_tgt_tokens = sum(int(train.tgt.lengths[batch].sum()) + len(batch) for batch in group)  # + </s>; all ranks
-    mine = group[rt.rank :: rt.world_size]
+    step_tgt_tokens, mine = group.tgt_tokens, group.batches
     # summed where they are computed and read once a step: a read each micro-batch would make the CPU
     # wait for the GPU before it queues the next one
     sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # smoothed loss, NLL
