@@ -246,20 +246,19 @@ def train_step(ctx: Context, group: Step, step: int) -> StepResult:
     """Optimizer step number `step` over this rank's micro-batches of `group`."""
     cfg, rt, train = ctx.config.train, ctx.rt, ctx.data.train
     ctx.net.train()
-    step_tgt_tokens, mine = group.tgt_tokens, group.batches
     # summed where they are computed and read once a step: a read each micro-batch would make the CPU
     # wait for the GPU before it queues the next one
     sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # smoothed loss, NLL
     tokens = 0  # source + target
-    for k, indices in enumerate(mine):
+    for k, indices in enumerate(group.batches):
         batch = collate([train.src[i] for i in indices], [train.tgt[i] for i in indices]).to(rt.device)
-        last = k == len(mine) - 1
+        last = k == len(group.batches) - 1
         sync = contextlib.nullcontext() if last or not rt.distributed else ctx.net.no_sync()
         with sync:
             with rt.autocast():
                 logits = ctx.net(batch.src, batch.src_pad, batch.tgt_in)  # (B, T, V)
             loss, nll = label_smoothed_loss(logits, batch.tgt_out, cfg.label_smoothing, PAD)
-            scaled = loss * rt.world_size / step_tgt_tokens  # DDP averages over ranks
+            scaled = loss * rt.world_size / group.tgt_tokens  # DDP averages over ranks
             (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
         sums += torch.stack([loss.detach(), nll.detach()]).double()
         tokens += batch.src_tokens + batch.tgt_tokens
@@ -271,7 +270,7 @@ def train_step(ctx: Context, group: Step, step: int) -> StepResult:
         scaler.unscale_(optimizer)
     max_norm = cfg.clip_norm if cfg.clip_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(ctx.net.parameters(), max_norm)
-    loss_value = float(sums[0]) / step_tgt_tokens
+    loss_value = float(sums[0]) / group.tgt_tokens
     skipped = not (math.isfinite(loss_value) and torch.isfinite(grad_norm))
     lr = lr_at(step, ctx.config.model.d_model, cfg.warmup_steps, cfg.lr_factor)
     if skipped and scaler is None:
@@ -285,7 +284,7 @@ def train_step(ctx: Context, group: Step, step: int) -> StepResult:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(float(sums[0]), float(sums[1]), int(sums[2]), step_tgt_tokens, lr, float(grad_norm), skipped)
+    return StepResult(float(sums[0]), float(sums[1]), int(sums[2]), group.tgt_tokens, lr, float(grad_norm), skipped)
 
 
 @torch.no_grad()
