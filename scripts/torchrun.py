@@ -4,7 +4,11 @@ tracebacks where the ranks already said what happened:
 - a rank ended on an error the user can fix (exit status 2, its one line printed): status 2, no
   failure report; any other failure keeps the report;
 - Ctrl-C or SIGTERM: torchrun passes it to the ranks, which save a checkpoint and say how to
-  resume; then status 128 + the signal's number.
+  resume; then status 128 + the signal's number;
+- on several machines, the one hosting the rendezvous ends its run, and the rendezvous with it, as
+  soon as its ranks fail: torchrun on the others, asking it whether machines wait to join while
+  their own ranks are still saying why they stop, met a lost connection (C++ frames, a traceback).
+  Here it asks no more, and those ranks' statuses decide.
 
 It sets OMP_NUM_THREADS=1 where unset, as torchrun does with a banner about it: each rank chooses
 its threads itself (train.threads, else the cores shared among the machine's ranks). Without
@@ -13,6 +17,7 @@ here it is removed at the end when no log was written to it.
 
     python -m scripts.torchrun --standalone --nproc-per-node=2 -m scripts.train [ARGS]
 """
+import logging
 import os
 import runpy
 import shutil
@@ -21,11 +26,35 @@ import sys
 import tempfile
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing import SignalException
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-if __name__ == "__main__":
+def none_once_lost(num_nodes_waiting):
+    """The rendezvous handler's count of machines waiting to join (torchrun asks while its ranks are
+    healthy), zero once the rendezvous is gone."""
+    from torch.distributed.elastic.rendezvous import RendezvousConnectionError
+
+    def nodes_waiting(handler) -> int:
+        try:
+            return num_nodes_waiting(handler)
+        except RendezvousConnectionError:
+            return 0
+    return nodes_waiting
+
+
+def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # torch reads its C++ log level as it loads: this process does not show its store's warnings (a lost
+    # connection, with C++ frames); the ranks get the environment as it was
+    user_level = os.environ.get("TORCH_CPP_LOG_LEVEL")
+    os.environ["TORCH_CPP_LOG_LEVEL"] = user_level or "ERROR"
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
+
+    if user_level is None:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]
+    # its only warnings: a heartbeat or the closing could not reach the rendezvous, which is gone
+    logging.getLogger(DynamicRendezvousHandler.__module__).setLevel(logging.ERROR)
+    DynamicRendezvousHandler.num_nodes_waiting = none_once_lost(DynamicRendezvousHandler.num_nodes_waiting)
     logs = Path(tempfile.mkdtemp(prefix="torchrun-"))
     tempfile.tempdir = str(logs)  # this process's only: the ranks' environment is unchanged
     try:
@@ -40,3 +69,7 @@ if __name__ == "__main__":
     finally:
         if not any(path.is_file() for path in logs.rglob("*")):
             shutil.rmtree(logs, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

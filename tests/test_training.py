@@ -374,7 +374,7 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
     # disk fills as it opens the run's log, before the first step
     script = tmp_path / "train_failing.py"
     script.write_text(textwrap.dedent("""
-        import errno, os, sys
+        import atexit, errno, os, sys, time
         import scripts.train
         from scripts import cli
         from transformer import training
@@ -391,6 +391,8 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
             Monitor._append = append
             if sys.argv[1] == "start":
                 Monitor.__init__ = opening
+        if os.environ["GROUP_RANK"] == "1":  # on two machines: the second one's rank ends a second after it reports
+            atexit.register(time.sleep, 1)
         if sys.argv[1] == "nan":  # every rank: non-finite from the first step
             training.label_smoothed_loss = lambda *args: [x * float("nan") for x in loss(*args)]
         cli.run(lambda: scripts.train.main(sys.argv[2:]))
@@ -437,7 +439,8 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
                                          cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
                         for machine in range(2)]
             logs = [(m.communicate(timeout=300)[1], m.returncode) for m in machines]
-            assert [code for _, code in logs] == [2, 2] and not any("Traceback" in log for log, _ in logs), logs
+            assert [code for _, code in logs] == [2, 2], logs
+            assert not any(noise in log for log, _ in logs for noise in ("Traceback", "Rendezvous", "frame #")), logs
             failed, other = sorted((log for log, _ in logs), key=lambda log: f"error: {said[kind]}" not in log)
             assert f"error: {said[kind]}" in failed, (kind, logs)
             assert re.search(stops, other) and other.count("error: ") == 1, (kind, logs)
