@@ -391,7 +391,7 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
             Monitor._append = append
             if sys.argv[1] == "start":
                 Monitor.__init__ = opening
-        if os.environ["GROUP_RANK"] == "1":  # on two machines: the second one's rank ends a second after it reports
+        if os.environ.get("SLOW_EXIT") == "1":  # after the machine hosting the rendezvous has ended its run
             atexit.register(time.sleep, 1)
         if sys.argv[1] == "nan":  # every rank: non-finite from the first step
             training.label_smoothed_loss = lambda *args: [x * float("nan") for x in loss(*args)]
@@ -431,13 +431,19 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
         for kind, run in runs.items():
             with socket.socket() as s:
                 s.bind(("localhost", 0))
-                endpoint = f"localhost:{s.getsockname()[1]}"
-            machines = [subprocess.Popen([sys.executable, "-m", "scripts.torchrun", "--nnodes=2", "--nproc-per-node=1",
-                                          "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", str(script),
-                                          kind if kind in ("full", "start") else "full", "--run-dir", str(run), *common,
-                                          *([f"data.path={missing}"] if kind == "data" and machine else [])],
-                                         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-                        for machine in range(2)]
+                port = s.getsockname()[1]
+            machines = []
+            for machine in range(2):  # the first hosts the rendezvous; the second's rank ends a second late
+                machines.append(subprocess.Popen(
+                    [sys.executable, "-m", "scripts.torchrun", "--nnodes=2", "--nproc-per-node=1",
+                     "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}", str(script),
+                     kind if kind in ("full", "start") else "full", "--run-dir", str(run), *common,
+                     *([f"data.path={missing}"] if kind == "data" and machine else [])],
+                    cwd=ROOT, env={**env, "SLOW_EXIT": str(machine)}, stderr=subprocess.PIPE, text=True))
+                deadline = time.time() + 120
+                while not _listening(port):
+                    assert machines[0].poll() is None and time.time() < deadline, machines[0].communicate()
+                    time.sleep(0.1)
             logs = [(m.communicate(timeout=300)[1], m.returncode) for m in machines]
             assert [code for _, code in logs] == [2, 2], logs
             assert not any(noise in log for log, _ in logs for noise in ("Traceback", "Rendezvous", "frame #")), logs
@@ -445,6 +451,12 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
             assert f"error: {said[kind]}" in failed, (kind, logs)
             assert re.search(stops, other) and other.count("error: ") == 1, (kind, logs)
     assert not [path for path in temp.iterdir() if path.name.startswith(("torchelastic_", "torchrun-"))]
+
+
+def _listening(port: int) -> bool:
+    """Whether a process of this machine listens on TCP `port`."""
+    tables = "".join(open(f"/proc/net/{table}").read() for table in ("tcp", "tcp6")).splitlines()
+    return any(f[1].endswith(f":{port:04X}") and f[3] == "0A" for f in map(str.split, tables) if len(f) > 3)
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:
