@@ -1,5 +1,5 @@
-"""torchrun, as `make train NPROC=N` launches it: the same arguments and behaviour, without its
-tracebacks where the ranks already said what happened:
+"""torchrun, as `make train NPROC=N` and the README's command for several machines launch it: the
+same arguments and behaviour, without its tracebacks where the ranks already said what happened:
 
 - a rank ended on an error the user can fix (exit status 2, its one line printed): status 2, no
   failure report; any other failure keeps the report;
@@ -8,7 +8,7 @@ tracebacks where the ranks already said what happened:
 - on several machines, the one hosting the rendezvous ends its run, and the rendezvous with it, as
   soon as its ranks fail: torchrun on the others, asking it whether machines wait to join while
   their own ranks are still saying why they stop, met a lost connection (C++ frames, a traceback).
-  Here it asks no more, and those ranks' statuses decide.
+  Here a lost rendezvous means that no machine waits, and those ranks' statuses decide.
 
 It sets OMP_NUM_THREADS=1 where unset, as torchrun does with a banner about it: each rank chooses
 its threads itself (train.threads, else the cores shared among the machine's ranks). Without
