@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -455,8 +456,9 @@ def test_an_error_on_rank_0_alone_or_on_every_rank_is_said_once_and_a_bug_keeps_
 
 def _listening(port: int) -> bool:
     """Whether a process of this machine listens on TCP `port`."""
-    tables = "".join(open(f"/proc/net/{table}").read() for table in ("tcp", "tcp6")).splitlines()
-    return any(f[1].endswith(f":{port:04X}") and f[3] == "0A" for f in map(str.split, tables) if len(f) > 3)
+    tables = "".join(path.read_text() for path in map(Path, ("/proc/net/tcp", "/proc/net/tcp6")) if path.exists())
+    rows = map(str.split, tables.splitlines())
+    return any(f[1].endswith(f":{port:04X}") and f[3] == "0A" for f in rows if len(f) > 3)  # 0A: LISTEN
 
 
 def _as_rank(rank: int, store: str, work, results) -> None:
