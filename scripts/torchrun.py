@@ -44,13 +44,14 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # torch reads its C++ log level as it loads: this process does not show its store's warnings (a lost
     # connection, with C++ frames); the ranks get the environment as it was
-    user_level = os.environ.get("TORCH_CPP_LOG_LEVEL")
-    os.environ["TORCH_CPP_LOG_LEVEL"] = user_level or "ERROR"
+    quiet = "TORCH_CPP_LOG_LEVEL" not in os.environ  # else the user's level, here and in the ranks
+    if quiet:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
 
-    if user_level is None:
+    if quiet:
         del os.environ["TORCH_CPP_LOG_LEVEL"]
     # its only warnings: a heartbeat or the closing could not reach the rendezvous, which is gone
     logging.getLogger(DynamicRendezvousHandler.__module__).setLevel(logging.ERROR)
