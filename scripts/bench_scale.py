@@ -163,7 +163,7 @@ def table(r: dict) -> str:
              f"preparation  {prep['seconds']} s from scratch | peak RSS {prep['peak_rss_gib']} GiB",
              f"from cache   first training step {r['corpus']['first_step_s']} s after `make train` (log lines at "
              + ", ".join(f"{name} {s} s" for name, s in r["corpus"]["start_s"].items()) + ")",
-             f"batching     {r['batching_s_per_epoch']} s an epoch (a thread, while the epoch before trains)",
+             f"batching     {r['batching_s_per_epoch']} s an epoch (between two steps, as each epoch begins)",
              "", "at step 100         processes  first step   RSS GiB (each)             PSS GiB (each)"]
     each = lambda t, key: "(" + " + ".join(f"{p[key]:.2f}" for p in t["processes"]) + ")"
     for name in RUNS:
