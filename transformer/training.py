@@ -109,7 +109,8 @@ def train(config: Config, run_dir: str | Path, device: str | None = None) -> Tra
             try:
                 ctx.monitor = rt.main_alone(lambda: _open_run_folder(ctx, state))
                 if rt.distributed:
-                    ctx.net = torch.nn.parallel.DistributedDataParallel(ctx.model)
+                    # gradients as views of DDP's all-reduce buckets: one copy of them a rank, not two
+                    ctx.net = torch.nn.parallel.DistributedDataParallel(ctx.model, gradient_as_bucket_view=True)
                 if config.train.compile:
                     ctx.net = torch.compile(ctx.net)
                 loop(ctx, state)
