@@ -162,6 +162,7 @@ def loop(ctx: Context, state: TrainState) -> None:
         share = f", {len(mine)} a rank ({padding} on rank 0)" if rt.distributed else f", {padding}"
         log.info(f"batches: {len(mine) * rt.world_size} an epoch of at most {cfg.max_tokens} tokens a side{share}; "
                  f"{rt.world_size * cfg.accumulate} per step")
+        del mine  # it would hold the first epoch's batches for the whole run
     reason = None
     while reason is None:
         for group in steps[state.epoch_step :]:
@@ -198,7 +199,8 @@ def loop(ctx: Context, state: TrainState) -> None:
             reason = rt.agree(reason, failure)
             if reason:
                 break
-        else:
+        else:  # the finished epoch's batches are freed before the next epoch's are made, not after
+            steps = group = None
             steps = steps_of(state.epoch)
     if rt.is_main:
         log.info(f"stopped at step {state.step} ({reason}); {state.seconds / 60:.1f} min of training in {ctx.run_dir}")
