@@ -157,12 +157,7 @@ def loop(ctx: Context, state: TrainState) -> None:
         _keep_the_epochs_fraction(state, len(steps), rt.is_main)
     state.epoch_steps = len(steps)
     if rt.is_main:
-        mine = [batch for step in steps for batch in step.batches]  # every rank has as many
-        padding = f"{padding_fraction(mine, src_lens, tgt_lens):.1%} padding"
-        share = f", {len(mine)} a rank ({padding} on rank 0)" if rt.distributed else f", {padding}"
-        log.info(f"batches: {len(mine) * rt.world_size} an epoch of at most {cfg.max_tokens} tokens a side{share}; "
-                 f"{rt.world_size * cfg.accumulate} per step")
-        del mine  # it would hold the first epoch's batches for the whole run
+        _log_batching(steps, src_lens, tgt_lens, cfg, rt)
     reason = None
     while reason is None:
         for group in steps[state.epoch_step :]:
@@ -229,6 +224,15 @@ def _validate_and_keep_best(ctx: Context, state: TrainState) -> str | None:
             reason = f"early stopping: no better validation BLEU in {cfg.early_stopping} validations"
     ctx.monitor.validation(state, valid, ctx.model, ctx.data, time.perf_counter() - tic)
     return reason
+
+
+def _log_batching(steps: list[Step], src_lens, tgt_lens, cfg: TrainConfig, rt: runtime.Runtime) -> None:
+    """Rank 0's line on an epoch's batches: how many, and their padding (its list of them freed on return)."""
+    mine = [batch for step in steps for batch in step.batches]  # every rank has as many
+    padding = f"{padding_fraction(mine, src_lens, tgt_lens):.1%} padding"
+    share = f", {len(mine)} a rank ({padding} on rank 0)" if rt.distributed else f", {padding}"
+    log.info(f"batches: {len(mine) * rt.world_size} an epoch of at most {cfg.max_tokens} tokens a side{share}; "
+             f"{rt.world_size * cfg.accumulate} per step")
 
 
 def _keep_the_epochs_fraction(state: TrainState, steps: int, log_it: bool) -> None:
